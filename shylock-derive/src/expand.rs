@@ -1,0 +1,163 @@
+//! Code generation for a valid input.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::Type;
+
+use crate::ast::{Field, Input, Shape};
+use crate::attr::Default;
+
+pub fn derive(input: &Input<'_>) -> TokenStream {
+    let ident = &input.original.ident;
+    let prefix = match input.attrs.prefix.get() {
+        Some(p) => {
+            let p = &p.value;
+            quote!(::core::option::Option::Some(#p))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let describe = input.fields.iter().filter(|f| !f.attrs.skip.is_set()).map(|f| describe_field(input, f));
+    let builds = input.fields.iter().map(|f| build_field(input, f));
+    let names = input.fields.iter().map(|f| f.ident);
+    let unwraps = input.fields.iter().map(|f| {
+        let name = f.ident;
+        quote!(#name: #name?)
+    });
+    let struct_check = input.attrs.validate.get().map(|v| {
+        let path = &v.value;
+        quote! {
+            if !__cx.check(__base, false, #path(&__value)) {
+                return ::core::option::Option::None;
+            }
+        }
+    });
+    let debug = (!input.attrs.no_debug.is_set()).then(|| debug_impl(input));
+
+    quote! {
+        #[automatically_derived]
+        impl ::shylock::EtcdConfig for #ident {
+            const PREFIX: ::core::option::Option<&'static str> = #prefix;
+
+            fn __describe(
+                __base: &str,
+                __flags: ::shylock::__private::Flags,
+                __out: &mut ::std::vec::Vec<::shylock::Dependency>,
+            ) {
+                #(#describe)*
+            }
+
+            fn __build(
+                __cx: &mut ::shylock::__private::Cx<'_>,
+                __base: &str,
+            ) -> ::core::option::Option<Self> {
+                #(let #names = #builds;)*
+                let __value = #ident { #(#unwraps,)* };
+                #struct_check
+                ::core::option::Option::Some(__value)
+            }
+        }
+        #debug
+    }
+}
+
+/// The full key of a field, relative to `__base` unless absolute.
+fn key_expr(input: &Input<'_>, field: &Field<'_>) -> TokenStream {
+    let key = input.key_of(field);
+    if key.starts_with('/') {
+        quote!(::std::string::String::from(#key))
+    } else {
+        quote!(::shylock::__private::join(__base, #key))
+    }
+}
+
+/// The `Elem` describing how one element type is read.
+fn elem(field: &Field<'_>, ty: &Type) -> TokenStream {
+    let span = ty.span();
+    if field.attrs.json.is_set() {
+        quote_spanned!(span=> ::shylock::__private::json::<#ty>())
+    } else if field.attrs.toml.is_set() {
+        quote_spanned!(span=> ::shylock::__private::toml::<#ty>())
+    } else {
+        quote_spanned! {span=> {
+            #[allow(unused_imports)]
+            use ::shylock::__private::{ProbeNode as _, ProbeParse as _, ProbeValue as _};
+            (&&&::shylock::__private::Probe::<#ty>::new()).elem()
+        }}
+    }
+}
+
+fn describe_field(input: &Input<'_>, field: &Field<'_>) -> TokenStream {
+    let key = key_expr(input, field);
+    let elem = elem(field, field.shape.element());
+    let secret = field.attrs.secret.is_set();
+    let required = matches!(field.shape, Shape::Plain(_)) && !field.attrs.default.is_set();
+    let children = matches!(field.shape, Shape::Map(_) | Shape::List(_));
+    quote! {
+        ::shylock::__private::describe(
+            &#elem,
+            &#key,
+            __flags.nest(#secret, #required, #children),
+            __out,
+        );
+    }
+}
+
+fn build_field(input: &Input<'_>, field: &Field<'_>) -> TokenStream {
+    if field.attrs.skip.is_set() {
+        return quote!(::core::option::Option::Some(::core::default::Default::default()));
+    }
+    let key = key_expr(input, field);
+    let elem = elem(field, field.shape.element());
+    let secret = field.attrs.secret.is_set();
+    let secret = quote!((__cx.secret() || #secret));
+    let read = match (&field.shape, field.attrs.default.get().map(|d| &d.value)) {
+        (Shape::Plain(_), None) => quote!(__cx.required(&#elem, &__key, #secret)),
+        (Shape::Plain(_), Some(Default::Trait)) => {
+            quote!(__cx.or_else(&#elem, &__key, #secret, ::core::default::Default::default))
+        }
+        (Shape::Plain(_), Some(Default::Expr(expr))) => {
+            quote!(__cx.or_else(&#elem, &__key, #secret, || #expr))
+        }
+        (Shape::Plain(_), Some(Default::Text(text))) => {
+            quote!(__cx.or_text(&#elem, &__key, #secret, #text))
+        }
+        (Shape::Optional(_), _) => quote!(__cx.optional(&#elem, &__key, #secret)),
+        (Shape::Map(_), _) => quote!(__cx.map(&#elem, &__key, #secret)),
+        (Shape::List(_), _) => quote!(__cx.list(&#elem, &__key, #secret)),
+    };
+    let validate = field.attrs.validate.get().map(|v| {
+        let path = &v.value;
+        quote!(let __read = __read.filter(|__v| __cx.check(&__key, #secret, #path(__v)));)
+    });
+    let ty = field.ty();
+    quote! {{
+        let __key = #key;
+        let __read: ::core::option::Option<#ty> = #read;
+        #validate
+        __read
+    }}
+}
+
+fn debug_impl(input: &Input<'_>) -> TokenStream {
+    let ident = &input.original.ident;
+    let name = ident.to_string();
+    let fields = input.fields.iter().map(|f| {
+        let ident = f.ident;
+        let label = ident.to_string();
+        let label = label.strip_prefix("r#").unwrap_or(&label).to_owned();
+        if f.attrs.secret.is_set() {
+            quote!(.field(#label, &::shylock::__private::Redacted))
+        } else {
+            quote!(.field(#label, &self.#ident))
+        }
+    });
+    quote! {
+        #[automatically_derived]
+        impl ::core::fmt::Debug for #ident {
+            fn fmt(&self, __f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                __f.debug_struct(#name) #(#fields)* .finish()
+            }
+        }
+    }
+}

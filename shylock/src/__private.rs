@@ -1,0 +1,367 @@
+//! Support for the code `#[derive(EtcdConfig)]` generates. Not a public API:
+//! it may change in any release.
+
+use std::fmt::{self, Display};
+use std::marker::PhantomData;
+use std::str::FromStr;
+
+use crate::config::{Dependency, DependencyKind, EtcdConfig};
+use crate::decode::{self, DecodeError, FromValue};
+use crate::error::{Problem, ProblemKind};
+use crate::tree::Tree;
+
+/// How one element type (a field, a map value, a list item) is read.
+pub enum Elem<T> {
+    /// From one key's value.
+    Leaf(fn(&[u8]) -> Result<T, DecodeError>),
+    /// From a sub-prefix, as a nested `EtcdConfig`.
+    Node(
+        fn(&mut Cx<'_>, &str) -> Option<T>,
+        fn(&str, Flags, &mut Vec<Dependency>),
+    ),
+}
+
+/// Picks an element's reader by the traits its type implements, preferring a
+/// nested config, then [`FromValue`], then `FromStr` (autoref specialization:
+/// the derive calls `(&&&Probe::<T>::new()).elem()` on a concrete type).
+pub struct Probe<T>(PhantomData<T>);
+
+impl<T> Probe<T> {
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        Probe(PhantomData)
+    }
+}
+
+pub trait ProbeNode<T> {
+    fn elem(&self) -> Elem<T>;
+}
+
+impl<T: EtcdConfig> ProbeNode<T> for &&Probe<T> {
+    fn elem(&self) -> Elem<T> {
+        Elem::Node(T::__build, T::__describe)
+    }
+}
+
+pub trait ProbeValue<T> {
+    fn elem(&self) -> Elem<T>;
+}
+
+impl<T: FromValue> ProbeValue<T> for &Probe<T> {
+    fn elem(&self) -> Elem<T> {
+        Elem::Leaf(T::from_value)
+    }
+}
+
+#[diagnostic::on_unimplemented(
+    message = "`{T}` cannot be read from etcd",
+    label = "this type is not an EtcdConfig, a FromValue or a FromStr type",
+    note = "derive EtcdConfig for a nested struct, implement shylock::FromValue or FromStr, or decode it with #[etcd(json)] / #[etcd(toml)]"
+)]
+pub trait ProbeParse<T> {
+    fn elem(&self) -> Elem<T>;
+}
+
+impl<T> ProbeParse<T> for Probe<T>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    fn elem(&self) -> Elem<T> {
+        Elem::Leaf(|raw| {
+            decode::text(raw)?
+                .parse::<T>()
+                .map_err(|e| e.to_string().into())
+        })
+    }
+}
+
+/// `#[etcd(json)]`: the value is one JSON document.
+pub fn json<T: serde::de::DeserializeOwned>() -> Elem<T> {
+    Elem::Leaf(|raw| Ok(serde_json::from_slice(raw)?))
+}
+
+/// `#[etcd(toml)]`: the value is one TOML document.
+pub fn toml<T: serde::de::DeserializeOwned>() -> Elem<T> {
+    Elem::Leaf(|raw| {
+        let text = std::str::from_utf8(raw).map_err(|_| "not valid UTF-8")?;
+        Ok(toml::from_str(text)?)
+    })
+}
+
+/// Properties inherited while describing nested fields.
+#[derive(Clone, Copy, Debug)]
+pub struct Flags {
+    secret: bool,
+    required: bool,
+    children: bool,
+}
+
+impl Flags {
+    pub(crate) const ROOT: Flags = Flags {
+        secret: false,
+        required: true,
+        children: false,
+    };
+
+    /// The flags of a field inside the current struct.
+    pub fn nest(self, secret: bool, required: bool, children: bool) -> Flags {
+        Flags {
+            secret: self.secret || secret,
+            required: self.required && required,
+            children,
+        }
+    }
+}
+
+/// Records what one field reads.
+pub fn describe<T>(elem: &Elem<T>, key: &str, flags: Flags, out: &mut Vec<Dependency>) {
+    let dependency = |key: String, kind| Dependency {
+        key,
+        kind,
+        secret: flags.secret,
+        required: flags.required,
+    };
+    match elem {
+        _ if flags.children => out.push(dependency(format!("{key}/"), DependencyKind::Prefix)),
+        Elem::Leaf(_) => out.push(dependency(key.to_owned(), DependencyKind::Key)),
+        Elem::Node(_, describe) => describe(key, flags, out),
+    }
+}
+
+/// The base path of a prefix: no trailing `/`, so `join` adds exactly one.
+pub fn base(prefix: &str) -> String {
+    prefix.trim_end_matches('/').to_owned()
+}
+
+/// A relative key under a base path.
+pub fn join(base: &str, key: &str) -> String {
+    let mut out = String::with_capacity(base.len() + 1 + key.len());
+    out.push_str(base);
+    out.push('/');
+    out.push_str(key);
+    out
+}
+
+/// Shown in `Debug` output in place of a secret value.
+pub struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The build context: the keys, and every problem found so far.
+pub struct Cx<'a> {
+    tree: &'a Tree,
+    problems: Vec<Problem>,
+    secret_depth: u32,
+}
+
+impl<'a> Cx<'a> {
+    pub(crate) fn new(tree: &'a Tree) -> Self {
+        Cx {
+            tree,
+            problems: Vec::new(),
+            secret_depth: 0,
+        }
+    }
+
+    pub(crate) fn into_problems(self) -> Vec<Problem> {
+        self.problems
+    }
+
+    /// Whether the struct being built sits under a secret field.
+    pub fn secret(&self) -> bool {
+        self.secret_depth > 0
+    }
+
+    fn problem(&mut self, key: &str, kind: ProblemKind) {
+        self.problems.push(Problem {
+            key: key.to_owned(),
+            kind,
+        });
+    }
+
+    /// Reads one element: `Ok(None)` when a leaf's key is missing.
+    fn read<T>(&mut self, elem: &Elem<T>, key: &str, secret: bool) -> Result<Option<T>, ()> {
+        match elem {
+            Elem::Leaf(decode) => {
+                let Some(entry) = self.tree.get(key) else {
+                    return Ok(None);
+                };
+                match decode(&entry.value) {
+                    Ok(value) => Ok(Some(value)),
+                    Err(error) => {
+                        let reason = (!secret).then(|| describe_failure(&entry.value, &*error));
+                        self.problem(
+                            key,
+                            ProblemKind::Invalid {
+                                expected: short_type_name::<T>(),
+                                reason,
+                            },
+                        );
+                        Err(())
+                    }
+                }
+            }
+            Elem::Node(build, _) => {
+                self.secret_depth += u32::from(secret);
+                let value = build(self, key);
+                self.secret_depth -= u32::from(secret);
+                value.map(Some).ok_or(())
+            }
+        }
+    }
+
+    /// A field without a default: a missing key is a problem.
+    pub fn required<T>(&mut self, elem: &Elem<T>, key: &str, secret: bool) -> Option<T> {
+        match self.read(elem, key, secret) {
+            Ok(Some(value)) => Some(value),
+            Ok(None) => {
+                self.problem(key, ProblemKind::Missing);
+                None
+            }
+            Err(()) => None,
+        }
+    }
+
+    /// A field with `#[etcd(default)]` or `#[etcd(default = expr)]`.
+    pub fn or_else<T>(
+        &mut self,
+        elem: &Elem<T>,
+        key: &str,
+        secret: bool,
+        default: impl FnOnce() -> T,
+    ) -> Option<T> {
+        match self.read(elem, key, secret) {
+            Ok(value) => Some(value.unwrap_or_else(default)),
+            Err(()) => None,
+        }
+    }
+
+    /// A field with `#[etcd(default = "text")]`: the text is decoded as a value.
+    pub fn or_text<T>(&mut self, elem: &Elem<T>, key: &str, secret: bool, text: &str) -> Option<T> {
+        match self.read(elem, key, secret) {
+            Ok(Some(value)) => Some(value),
+            Ok(None) => match elem {
+                Elem::Leaf(decode) => match decode(text.as_bytes()) {
+                    Ok(value) => Some(value),
+                    Err(error) => {
+                        let reason = format!("the default {text:?} does not decode: {error}");
+                        self.problem(key, ProblemKind::Rejected { reason });
+                        None
+                    }
+                },
+                Elem::Node(..) => {
+                    let reason = "a nested config cannot take a text default".to_owned();
+                    self.problem(key, ProblemKind::Rejected { reason });
+                    None
+                }
+            },
+            Err(()) => None,
+        }
+    }
+
+    /// An `Option<T>` field: a missing key (or an empty sub-prefix) is `None`.
+    pub fn optional<T>(&mut self, elem: &Elem<T>, key: &str, secret: bool) -> Option<Option<T>> {
+        if matches!(elem, Elem::Node(..)) && !self.tree.has_under(&format!("{key}/")) {
+            return Some(None);
+        }
+        self.read(elem, key, secret).ok()
+    }
+
+    /// The children of `key/` as (name, value) pairs: direct child keys for
+    /// leaves, first path segments for nested configs.
+    fn children<T>(&mut self, elem: &Elem<T>, key: &str, secret: bool) -> Option<Vec<(String, T)>> {
+        let prefix = format!("{key}/");
+        let names: Vec<String> = match elem {
+            Elem::Leaf(_) => self
+                .tree
+                .under(&prefix)
+                .map(|(k, _)| &k[prefix.len()..])
+                .filter(|rest| !rest.is_empty() && !rest.contains('/'))
+                .map(str::to_owned)
+                .collect(),
+            Elem::Node(..) => {
+                let mut names: Vec<String> = Vec::new();
+                for (k, _) in self.tree.under(&prefix) {
+                    let rest = &k[prefix.len()..];
+                    let Some((first, _)) = rest.split_once('/') else {
+                        continue;
+                    };
+                    if names.last().map(String::as_str) != Some(first) {
+                        names.push(first.to_owned());
+                    }
+                }
+                names
+            }
+        };
+        let mut out = Vec::with_capacity(names.len());
+        let mut ok = true;
+        for name in names {
+            let child = join(key, &name);
+            match self.read(elem, &child, secret) {
+                Ok(Some(value)) => out.push((name, value)),
+                Ok(None) => {}
+                Err(()) => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A `BTreeMap<String, T>` or `HashMap<String, T>` field.
+    pub fn map<T, M>(&mut self, elem: &Elem<T>, key: &str, secret: bool) -> Option<M>
+    where
+        M: FromIterator<(String, T)>,
+    {
+        self.children(elem, key, secret)
+            .map(|c| c.into_iter().collect())
+    }
+
+    /// A `Vec<T>` field: the children's values in key order.
+    pub fn list<T>(&mut self, elem: &Elem<T>, key: &str, secret: bool) -> Option<Vec<T>> {
+        self.children(elem, key, secret)
+            .map(|c| c.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// Records a validator's verdict; returns whether it passed.
+    pub fn check<E: Display>(&mut self, key: &str, _secret: bool, verdict: Result<(), E>) -> bool {
+        match verdict {
+            Ok(()) => true,
+            Err(error) => {
+                let reason = error.to_string();
+                self.problem(key, ProblemKind::Rejected { reason });
+                false
+            }
+        }
+    }
+}
+
+/// `"abc": invalid digit found in string`, with long values cut short.
+fn describe_failure(raw: &[u8], error: &(dyn std::error::Error + Send + Sync)) -> String {
+    const SHOWN: usize = 64;
+    let text = String::from_utf8_lossy(raw);
+    let shown: String = text.chars().take(SHOWN).collect();
+    let more = if text.chars().count() > SHOWN { "…" } else { "" };
+    format!("{shown:?}{more}: {error}")
+}
+
+/// `core::time::Duration` → `Duration`, `alloc::string::String` → `String`.
+fn short_type_name<T>() -> String {
+    let full = std::any::type_name::<T>();
+    let mut out = String::with_capacity(full.len());
+    let mut word = String::new();
+    for c in full.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            word.push(c);
+        } else {
+            out.push_str(word.rsplit("::").next().unwrap_or(&word));
+            word.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(word.rsplit("::").next().unwrap_or(&word));
+    out
+}

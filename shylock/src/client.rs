@@ -1,0 +1,147 @@
+//! The connection to etcd, shared by every live config of a process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::EtcdConfig;
+use crate::error::{Error, Result};
+use crate::hub::{self, Command, Sink};
+use crate::live::Live;
+use crate::load;
+
+/// Largest gRPC response accepted: a big prefix is also read in pages.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// How to reach etcd.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    endpoints: Vec<String>,
+    startup_timeout: Duration,
+}
+
+impl ConnectOptions {
+    /// Options for these endpoints (`http://host:2379` or `host:2379`), with a
+    /// startup timeout of 5 seconds.
+    pub fn new<E: Into<String>>(endpoints: impl IntoIterator<Item = E>) -> Self {
+        ConnectOptions {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            startup_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// How long the first read of a config may take before it fails with an
+    /// error naming the endpoints.
+    pub fn with_startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// The endpoints, as given.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+}
+
+/// A connection to etcd and the one watch stream that keeps every config of
+/// this client current. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    etcd: etcd_client::Client,
+    options: ConnectOptions,
+    hub: mpsc::UnboundedSender<Command>,
+}
+
+impl Client {
+    /// Prepares a connection. It does not wait for etcd: the first
+    /// [`config`](Client::config) call does, up to the startup timeout.
+    pub async fn connect(options: ConnectOptions) -> Result<Client> {
+        let connect = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(options.startup_timeout)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
+        let etcd = etcd_client::Client::connect(&options.endpoints, Some(connect))
+            .await
+            .map_err(|e| Error::Unreachable {
+                endpoints: options.endpoints.join(", "),
+                timeout: options.startup_timeout,
+                cause: e.to_string(),
+            })?;
+        let hub = hub::spawn(etcd.clone());
+        Ok(Client {
+            inner: Arc::new(Inner { etcd, options, hub }),
+        })
+    }
+
+    /// Reads config `T` from the keys under `prefix` at one revision, then
+    /// keeps it current. Fails if etcd does not answer within the startup
+    /// timeout, or if its values do not make a valid `T`.
+    pub async fn config<T: EtcdConfig>(&self, prefix: &str) -> Result<Live<T>> {
+        let dependencies = T::dependencies(prefix);
+        let mut kv = self
+            .inner
+            .etcd
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE);
+        let timeout = self.inner.options.startup_timeout;
+        let (tree, revision) = tokio::time::timeout(timeout, load::read(&mut kv, &dependencies))
+            .await
+            .map_err(|_| self.unreachable("timed out".to_owned()))?
+            .map_err(|e| match e {
+                Error::Etcd { source, .. } if is_connection_error(&source) => {
+                    self.unreachable(source.to_string())
+                }
+                other => other,
+            })?;
+        Live::start(self.clone(), prefix, dependencies, tree, revision)
+    }
+
+    /// Like [`config`](Client::config), under the struct's
+    /// `#[etcd(prefix = "...")]`.
+    ///
+    /// # Panics
+    /// If `T` has no `prefix` attribute.
+    pub async fn config_at_default_prefix<T: EtcdConfig>(&self) -> Result<Live<T>> {
+        let prefix = T::PREFIX.expect("the config struct has no #[etcd(prefix = \"...\")]");
+        self.config(prefix).await
+    }
+
+    /// The underlying etcd client, for writes and anything else.
+    pub fn etcd(&self) -> etcd_client::Client {
+        self.inner.etcd.clone()
+    }
+
+    /// The options this client was made with.
+    pub fn options(&self) -> &ConnectOptions {
+        &self.inner.options
+    }
+
+    pub(crate) fn register(&self, sink: Box<dyn Sink>, next: i64) -> Result<()> {
+        self.inner
+            .hub
+            .send(Command::Register(sink, next))
+            .map_err(|_| Error::Closed)
+    }
+
+    fn unreachable(&self, cause: String) -> Error {
+        Error::Unreachable {
+            endpoints: self.inner.options.endpoints.join(", "),
+            timeout: self.inner.options.startup_timeout,
+            cause,
+        }
+    }
+}
+
+fn is_connection_error(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        // gRPC codes Unknown (2), DeadlineExceeded (4) and Unavailable (14).
+        etcd_client::Error::GRpcStatus(status) => matches!(status.code() as i32, 2 | 4 | 14),
+        _ => false,
+    }
+}

@@ -1,0 +1,132 @@
+//! Errors. Every error names the full etcd key it is about; none carries a
+//! secret value.
+
+use std::fmt;
+
+/// A config that could not be built from what etcd holds: every problem found,
+/// each with its full key. The last good config keeps serving.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    revision: i64,
+    problems: Vec<Problem>,
+}
+
+/// One reason a config could not be built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The full etcd key (or, for a struct-level validator, the prefix).
+    pub key: String,
+    /// What is wrong there.
+    pub kind: ProblemKind,
+}
+
+/// What is wrong with one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// A required key is not in etcd.
+    Missing,
+    /// The value does not decode as the field's type.
+    Invalid {
+        /// The type the field expects, such as `u16` or `Duration`.
+        expected: String,
+        /// Why decoding failed, with the offending value; `None` for secrets.
+        reason: Option<String>,
+    },
+    /// A `validate` function rejected the value.
+    Rejected {
+        /// The validator's message.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    pub(crate) fn new(revision: i64, problems: Vec<Problem>) -> Self {
+        Self { revision, problems }
+    }
+
+    /// The etcd revision whose values were rejected.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Every problem found, in field order.
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.problems.as_slice() {
+            [one] => write!(f, "invalid config: {one}"),
+            many => {
+                write!(f, "invalid config ({} problems): ", many.len())?;
+                for (i, p) in many.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = &self.key;
+        match &self.kind {
+            ProblemKind::Missing => write!(f, "key `{key}` is missing"),
+            ProblemKind::Invalid {
+                expected,
+                reason: Some(reason),
+            } => write!(f, "key `{key}` is not a valid {expected}: {reason}"),
+            ProblemKind::Invalid {
+                expected,
+                reason: None,
+            } => write!(
+                f,
+                "key `{key}` is not a valid {expected} (value is secret, details redacted)"
+            ),
+            ProblemKind::Rejected { reason } => write!(f, "key `{key}` rejected: {reason}"),
+        }
+    }
+}
+
+/// An error from the library: connecting, reading etcd, or building a config.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// etcd did not answer in time at startup.
+    #[error("could not reach etcd at {endpoints} within {timeout:?}: {cause}")]
+    Unreachable {
+        /// The endpoints tried, comma-separated.
+        endpoints: String,
+        /// The configured startup timeout.
+        timeout: std::time::Duration,
+        /// The last error seen, or "timed out".
+        cause: String,
+    },
+    /// An etcd request failed.
+    #[error("etcd request failed ({context}): {source}")]
+    Etcd {
+        /// What was being done, including the key or prefix.
+        context: String,
+        /// The etcd client's error.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// What etcd holds does not make a valid config.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The background task that keeps configs current has stopped.
+    #[error("the shylock watch task has stopped")]
+    Closed,
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

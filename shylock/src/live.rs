@@ -1,0 +1,341 @@
+//! A config kept current by the watch: [`Live`] handles and their [`Snapshot`]s.
+
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use arc_swap::{ArcSwap, Cache, Guard};
+use tokio::sync::{broadcast, watch};
+
+use crate::client::Client;
+use crate::config::{build, Dependency, EtcdConfig};
+use crate::error::{Error, Result};
+use crate::event::{Change, Event, KeyChange};
+use crate::hub::{RawChange, Sink};
+use crate::status::Status;
+use crate::tree::Tree;
+
+/// One immutable version of a config, with the etcd revision it reflects.
+/// Dereferences to the config.
+#[derive(Debug)]
+pub struct Snapshot<T> {
+    value: T,
+    revision: i64,
+}
+
+impl<T> Snapshot<T> {
+    /// The etcd revision whose values this snapshot holds.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The config itself (also reachable through `Deref`).
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> Deref for Snapshot<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+type Callback<T> = Box<dyn Fn(&Event, &Snapshot<T>) + Send + Sync>;
+
+/// What every handle of one live config shares with its watch.
+struct Shared<T> {
+    current: ArcSwap<Snapshot<T>>,
+    prefix: String,
+    dependencies: Vec<Dependency>,
+    status: Mutex<Status>,
+    notify: watch::Sender<Arc<Snapshot<T>>>,
+    events: broadcast::Sender<Event>,
+    callbacks: Mutex<Vec<Callback<T>>>,
+}
+
+/// A config that follows etcd. Cheap to clone; every clone sees the same
+/// config. Reads never lock: [`load`](Live::load) is one atomic load.
+///
+/// ```no_run
+/// # async fn run() -> shylock::Result<()> {
+/// use shylock::{Client, ConnectOptions, EtcdConfig};
+///
+/// #[derive(EtcdConfig)]
+/// struct App {
+///     port: u16,
+/// }
+///
+/// let client = Client::connect(ConnectOptions::new(["http://127.0.0.1:2379"])).await?;
+/// let mut app = client.config::<App>("/myapp/production").await?;
+/// println!("port {} at revision {}", app.load().port, app.load().revision());
+/// let next = app.changed().await?;
+/// println!("now port {}", next.port);
+/// # Ok(()) }
+/// ```
+pub struct Live<T> {
+    shared: Arc<Shared<T>>,
+    seen: watch::Receiver<Arc<Snapshot<T>>>,
+    _client: Client,
+}
+
+impl<T> Clone for Live<T> {
+    fn clone(&self) -> Self {
+        Live {
+            shared: self.shared.clone(),
+            seen: self.shared.notify.subscribe(),
+            _client: self._client.clone(),
+        }
+    }
+}
+
+impl<T: EtcdConfig> Live<T> {
+    /// Builds the first snapshot from keys read at `revision` and registers
+    /// the watch that keeps it current.
+    pub(crate) fn start(
+        client: Client,
+        prefix: &str,
+        dependencies: Vec<Dependency>,
+        tree: Tree,
+        revision: i64,
+    ) -> Result<Self> {
+        let value = build::<T>(&tree, prefix, revision)?;
+        let first = Arc::new(Snapshot { value, revision });
+        let (notify, seen) = watch::channel(first.clone());
+        let shared = Arc::new(Shared {
+            current: ArcSwap::new(first),
+            prefix: prefix.to_owned(),
+            dependencies,
+            status: Mutex::new(Status {
+                revision,
+                applied_revision: revision,
+                last_event: Some(SystemTime::now()),
+                ..Status::default()
+            }),
+            notify,
+            events: broadcast::channel(256).0,
+            callbacks: Mutex::new(Vec::new()),
+        });
+        let sink = LiveSink {
+            shared: shared.clone(),
+            tree,
+        };
+        client.register(Box::new(sink), revision + 1)?;
+        Ok(Live {
+            shared,
+            seen,
+            _client: client,
+        })
+    }
+}
+
+impl<T> Live<T> {
+    /// The current config. One atomic load; keep the guard for one unit of
+    /// work and never across an `.await`.
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<Snapshot<T>>> {
+        self.shared.current.load()
+    }
+
+    /// The current config as an owned `Arc`, to keep across `.await`s.
+    pub fn load_full(&self) -> Arc<Snapshot<T>> {
+        self.shared.current.load_full()
+    }
+
+    /// A reader for hot loops: after the first call, a read costs a check of
+    /// one counter until the config changes (arc-swap's `Cache`).
+    pub fn cached(&self) -> Cached<T> {
+        Cached {
+            cache: Cache::new(SwapRef(self.shared.clone())),
+        }
+    }
+
+    /// Waits until a newer config than this handle has seen is in place.
+    pub async fn changed(&mut self) -> Result<Arc<Snapshot<T>>> {
+        self.seen.changed().await.map_err(|_| Error::Closed)?;
+        Ok(self.seen.borrow_and_update().clone())
+    }
+
+    /// A `tokio::sync::watch` receiver of snapshots.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot<T>>> {
+        self.shared.notify.subscribe()
+    }
+
+    /// A receiver of every [`Event`]: accepted changes and rejected updates.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// Runs `callback` after each event, once the new snapshot is visible
+    /// (for a rejection, with the snapshot that keeps serving). It runs on
+    /// the watch task: keep it short, and hand slow work to a task of yours.
+    pub fn on_event(&self, callback: impl Fn(&Event, &Snapshot<T>) + Send + Sync + 'static) {
+        lock(&self.shared.callbacks).push(Box::new(callback));
+    }
+
+    /// The config's health: revisions, last error, rejected updates.
+    pub fn status(&self) -> Status {
+        lock(&self.shared.status).clone()
+    }
+
+    /// The prefix this config's relative keys live under.
+    pub fn prefix(&self) -> &str {
+        &self.shared.prefix
+    }
+
+    /// Every key and prefix this config reads.
+    pub fn dependencies(&self) -> &[Dependency] {
+        &self.shared.dependencies
+    }
+}
+
+/// A per-thread reader made by [`Live::cached`].
+pub struct Cached<T> {
+    cache: Cache<SwapRef<T>, Arc<Snapshot<T>>>,
+}
+
+impl<T> Cached<T> {
+    /// The current config; cheaper than [`Live::load`] in hot loops.
+    #[inline]
+    pub fn load(&mut self) -> &Snapshot<T> {
+        self.cache.load()
+    }
+}
+
+struct SwapRef<T>(Arc<Shared<T>>);
+
+impl<T> Deref for SwapRef<T> {
+    type Target = ArcSwap<Snapshot<T>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.current
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The watch side of a live config: the key copy and the rebuild.
+struct LiveSink<T> {
+    shared: Arc<Shared<T>>,
+    tree: Tree,
+}
+
+impl<T: EtcdConfig> LiveSink<T> {
+    fn is_secret(&self, key: &str) -> bool {
+        self.shared
+            .dependencies
+            .iter()
+            .any(|d| d.secret && d.covers(key))
+    }
+
+    /// Rebuilds from the key copy; publishes the new config or the rejection.
+    fn rebuild(&mut self, revision: i64, keys: Vec<KeyChange>) {
+        let shared = &*self.shared;
+        let now = SystemTime::now();
+        let event = match build::<T>(&self.tree, &shared.prefix, revision) {
+            Ok(value) => {
+                let snapshot = Arc::new(Snapshot { value, revision });
+                shared.current.store(snapshot.clone());
+                {
+                    let mut status = lock(&shared.status);
+                    status.revision = revision;
+                    status.applied_revision = status.applied_revision.max(revision);
+                    status.last_event = Some(now);
+                    status.last_error = None;
+                    status.accepted_updates += 1;
+                }
+                shared.notify.send_replace(snapshot);
+                Event::Changed(Change { revision, keys })
+            }
+            Err(error) => {
+                tracing::warn!(
+                    prefix = %shared.prefix,
+                    revision,
+                    %error,
+                    "rejected a config update; the last good config keeps serving"
+                );
+                let mut status = lock(&shared.status);
+                status.applied_revision = status.applied_revision.max(revision);
+                status.last_event = Some(now);
+                status.last_error = Some(error.clone());
+                status.rejected_updates += 1;
+                Event::Rejected(error)
+            }
+        };
+        let current = shared.current.load();
+        for callback in lock(&shared.callbacks).iter() {
+            callback(&event, &current);
+        }
+        let _ = shared.events.send(event);
+    }
+}
+
+impl<T: EtcdConfig> Sink for LiveSink<T> {
+    fn dependencies(&self) -> &[Dependency] {
+        &self.shared.dependencies
+    }
+
+    fn apply(&mut self, revision: i64, changes: Vec<RawChange>) {
+        let mut keys = Vec::new();
+        for change in changes {
+            if !self.shared.dependencies.iter().any(|d| d.covers(&change.key)) {
+                continue;
+            }
+            let secret = self.is_secret(&change.key);
+            let old = match &change.value {
+                Some(value) => {
+                    self.tree
+                        .insert(change.key.clone(), value.clone(), change.mod_revision)
+                }
+                None => self.tree.remove(&change.key),
+            };
+            keys.push(KeyChange::new(
+                &change.key,
+                old.as_ref().map(|e| e.value.as_slice()),
+                change.value.as_deref(),
+                secret,
+            ));
+        }
+        if keys.is_empty() {
+            self.progress(revision);
+        } else {
+            self.rebuild(revision, keys);
+        }
+    }
+
+    fn replace(&mut self, tree: Tree, revision: i64) {
+        let mut keys = Vec::new();
+        for (key, old) in self.tree.iter() {
+            if tree.get(key).is_none() {
+                keys.push(KeyChange::new(key, Some(&old.value), None, self.is_secret(key)));
+            }
+        }
+        for (key, new) in tree.iter() {
+            let old = self.tree.get(key);
+            if old.map(|e| &e.value) != Some(&new.value) {
+                let old = old.map(|e| e.value.as_slice());
+                keys.push(KeyChange::new(key, old, Some(&new.value), self.is_secret(key)));
+            }
+        }
+        self.tree = tree;
+        self.rebuild(revision, keys);
+    }
+
+    fn progress(&mut self, revision: i64) {
+        let mut status = lock(&self.shared.status);
+        status.applied_revision = status.applied_revision.max(revision);
+        status.last_event = Some(SystemTime::now());
+    }
+
+    fn connection(&mut self, error: Option<String>) {
+        lock(&self.shared.status).connection_error = error;
+    }
+
+    fn is_closed(&self) -> bool {
+        Arc::strong_count(&self.shared) == 1
+    }
+}

@@ -1,0 +1,159 @@
+//! Reading every key a config needs at one etcd revision, in one round trip.
+
+use etcd_client::{GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
+
+use crate::config::{Dependency, DependencyKind};
+use crate::error::{Error, Result};
+use crate::tree::Tree;
+
+/// Keys per page when a prefix holds more than fits one response.
+const PAGE: i64 = 5_000;
+/// etcd's default `--max-txn-ops`; past it, one range over all dependencies.
+const MAX_TXN_OPS: usize = 128;
+
+/// The key range `[start, end)` that covers one dependency.
+pub(crate) fn range_of(dep: &Dependency) -> (Vec<u8>, Vec<u8>) {
+    let start = dep.key.as_bytes().to_vec();
+    let end = match dep.kind {
+        DependencyKind::Key => {
+            let mut end = start.clone();
+            end.push(0);
+            end
+        }
+        DependencyKind::Prefix => prefix_end(&start),
+    };
+    (start, end)
+}
+
+/// The smallest key range covering every dependency: one watch for them all.
+pub(crate) fn covering_range(deps: &[Dependency]) -> (Vec<u8>, Vec<u8>) {
+    let mut ranges = deps.iter().map(range_of);
+    let Some((mut lo, mut hi)) = ranges.next() else {
+        return (b"\0".to_vec(), b"\0\0".to_vec());
+    };
+    for (start, end) in ranges {
+        lo = lo.min(start);
+        hi = if hi.is_empty() || end.is_empty() { Vec::new() } else { hi.max(end) };
+    }
+    // An empty end means "to the end of the keyspace"; etcd spells it "\0".
+    if hi.is_empty() {
+        hi = vec![0];
+    }
+    (lo, hi)
+}
+
+/// The first key after every key that starts with `prefix` (etcd's `GetPrefix`).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    Vec::new()
+}
+
+/// Reads every key of `deps` at one revision. Returns the keys (only those a
+/// dependency covers) and that revision.
+pub(crate) async fn read(kv: &mut KvClient, deps: &[Dependency]) -> Result<(Tree, i64)> {
+    let ranges: Vec<(Vec<u8>, Vec<u8>)> = if deps.len() <= MAX_TXN_OPS {
+        deps.iter().map(range_of).collect()
+    } else {
+        vec![covering_range(deps)]
+    };
+    let ops: Vec<TxnOp> = ranges
+        .iter()
+        .map(|(start, end)| {
+            TxnOp::get(
+                start.clone(),
+                Some(GetOptions::new().with_range(end.clone()).with_limit(PAGE)),
+            )
+        })
+        .collect();
+    let context = || format!("reading {}", describe(deps));
+    let response = kv
+        .txn(Txn::new().and_then(ops))
+        .await
+        .map_err(|source| Error::Etcd {
+            context: context(),
+            source,
+        })?;
+    let revision = response.header().map_or(0, |h| h.revision());
+    let mut tree = Tree::default();
+    for (op, (_, end)) in response.op_responses().into_iter().zip(&ranges) {
+        let TxnOpResponse::Get(mut page) = op else {
+            continue;
+        };
+        loop {
+            let more = page.more();
+            let kvs = page.take_kvs();
+            let last = kvs.last().map(|kv| kv.key().to_vec());
+            for kv in kvs {
+                let (key, value) = (kv.key(), kv.value());
+                let Ok(key) = std::str::from_utf8(key) else {
+                    tracing::warn!(key = %String::from_utf8_lossy(key), "skipping a key that is not UTF-8");
+                    continue;
+                };
+                if deps.iter().any(|d| d.covers(key)) {
+                    tree.insert(key.to_owned(), value.to_vec(), kv.mod_revision());
+                }
+            }
+            let (true, Some(mut next)) = (more, last) else {
+                break;
+            };
+            next.push(0);
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(PAGE)
+                .with_revision(revision);
+            page = kv.get(next, Some(options)).await.map_err(|source| Error::Etcd {
+                context: context(),
+                source,
+            })?;
+        }
+    }
+    Ok((tree, revision))
+}
+
+/// `/app/port, /app/db/*` (at most a few, for error messages).
+fn describe(deps: &[Dependency]) -> String {
+    let mut names: Vec<String> = deps.iter().take(4).map(|d| d.to_string()).collect();
+    if deps.len() > 4 {
+        names.push(format!("and {} more", deps.len() - 4));
+    }
+    names.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dep(key: &str, kind: DependencyKind) -> Dependency {
+        Dependency {
+            key: key.into(),
+            kind,
+            secret: false,
+            required: true,
+        }
+    }
+
+    #[test]
+    fn prefix_end_increments_the_last_byte() {
+        assert_eq!(prefix_end(b"/app/"), b"/app0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"");
+    }
+
+    #[test]
+    fn covering_range_spans_all_dependencies() {
+        let deps = [
+            dep("/app/port", DependencyKind::Key),
+            dep("/app/backends/", DependencyKind::Prefix),
+            dep("/global/region", DependencyKind::Key),
+        ];
+        let (lo, hi) = covering_range(&deps);
+        assert_eq!(lo, b"/app/backends/");
+        assert_eq!(hi, b"/global/region\0");
+    }
+}

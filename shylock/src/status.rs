@@ -1,0 +1,32 @@
+//! The health of one live config, for logs and metrics.
+
+use std::time::SystemTime;
+
+use crate::error::ConfigError;
+
+/// A live config's state, as [`Live::status`](crate::Live::status) reports it.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Status {
+    /// The revision of the config `load()` returns.
+    pub revision: i64,
+    /// The newest etcd revision the watch has delivered (≥ `revision`).
+    pub applied_revision: i64,
+    /// When the last watch response (or the initial read) arrived.
+    pub last_event: Option<SystemTime>,
+    /// Why the newest values were rejected, while they still are.
+    pub last_error: Option<ConfigError>,
+    /// Updates rejected since start.
+    pub rejected_updates: u64,
+    /// Updates accepted since start.
+    pub accepted_updates: u64,
+    /// The last watch or connection error, while it lasts.
+    pub connection_error: Option<String>,
+}
+
+impl Status {
+    /// Whether the config serving now is what etcd holds.
+    pub fn is_current(&self) -> bool {
+        self.last_error.is_none() && self.connection_error.is_none()
+    }
+}

@@ -1,0 +1,69 @@
+//! Helpers shared by the end-to-end tests: a client for the test's etcd,
+//! writes, and waiting on a condition with a deadline.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub use shylock::testing::{shared_server, unique_prefix, EtcdCluster, EtcdServer};
+
+/// How long any awaited condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A raw etcd client for writes the tests make.
+pub async fn etcd(endpoints: &[String]) -> etcd_client::Client {
+    etcd_client::Client::connect(endpoints, None)
+        .await
+        .expect("connect the test's etcd client")
+}
+
+/// A shylock client for these endpoints.
+pub async fn client(endpoints: &[String]) -> shylock::Client {
+    shylock::Client::connect(shylock::ConnectOptions::new(endpoints.iter().cloned()))
+        .await
+        .expect("connect shylock")
+}
+
+/// Puts `key = value`; returns the revision of the write.
+pub async fn put(etcd: &mut etcd_client::Client, key: &str, value: impl Into<Vec<u8>>) -> i64 {
+    let response = etcd.put(key, value, None).await.expect("put");
+    response.header().expect("header").revision()
+}
+
+/// Deletes one key; returns the revision.
+pub async fn delete(etcd: &mut etcd_client::Client, key: &str) -> i64 {
+    let response = etcd.delete(key, None).await.expect("delete");
+    response.header().expect("header").revision()
+}
+
+/// Waits until `check` returns `Some`, polling, or fails the test with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {DEADLINE:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until the live config satisfies `check`.
+pub async fn wait_config<T>(live: &shylock::Live<T>, what: &str, check: impl Fn(&T) -> bool) {
+    wait_for(what, || {
+        let ok = check(&live.load());
+        async move { ok.then_some(()) }
+    })
+    .await
+}
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}

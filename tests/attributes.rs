@@ -30,8 +30,8 @@ struct Limits {
     burst: u32,
 }
 
-fn known_level(level: &String) -> Result<(), String> {
-    match level.as_str() {
+fn known_level(level: &str) -> Result<(), String> {
+    match level {
         "debug" | "info" | "warn" | "error" => Ok(()),
         other => Err(format!("unknown log level {other:?}")),
     }
@@ -120,7 +120,11 @@ async fn every_attribute_reads_its_key() {
     assert_eq!(app.listen_port, 8080);
     assert_eq!(app.admin_port, None, "a missing Option key is None");
     assert_eq!(app.workers, 0, "#[etcd(default)] is Default::default()");
-    assert_eq!(app.request_timeout, Duration::from_secs(30), "text default decoded");
+    assert_eq!(
+        app.request_timeout,
+        Duration::from_secs(30),
+        "text default decoded"
+    );
     assert_eq!(app.backoff_factor, 1.5, "expression default");
     assert!(app.debug);
     assert_eq!(app.data_dir, PathBuf::from("/var/lib/app"));
@@ -131,12 +135,24 @@ async fn every_attribute_reads_its_key() {
     assert_eq!(app.db.password, "hunter2");
     assert_eq!(app.db.pool, 4);
     assert_eq!(app.backends.len(), 2);
-    assert_eq!(app.backends["b"], Backend { host: "10.0.0.11".into(), port: 81 });
+    assert_eq!(
+        app.backends["b"],
+        Backend {
+            host: "10.0.0.11".into(),
+            port: 81
+        }
+    );
     assert_eq!(app.weights["a"], 3);
     assert_eq!(app.weights["b"], 7);
     assert_eq!(app.servers, ["one", "two", "three"], "Vec in key order");
-    assert_eq!(app.limits, Limits { rps: 100, burst: 20 });
-    assert_eq!(app.features["beta"], true);
+    assert_eq!(
+        app.limits,
+        Limits {
+            rps: 100,
+            burst: 20
+        }
+    );
+    assert!(app.features["beta"]);
     assert_eq!(app.tags, None);
     assert_eq!(app.api_token, "s3cr3t-t0ken");
     assert_eq!(app.region, "eu-west", "absolute key");
@@ -154,7 +170,10 @@ async fn debug_output_redacts_secrets() {
     let debug = format!("{app:?}");
     assert!(debug.contains("postgres://db"), "{debug}");
     assert!(debug.contains("<redacted>"), "{debug}");
-    assert!(!debug.contains("hunter2"), "secret leaked into Debug: {debug}");
+    assert!(
+        !debug.contains("hunter2"),
+        "secret leaked into Debug: {debug}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -187,14 +206,38 @@ async fn errors_name_the_full_key_and_hide_secrets() {
         Ok(_) => panic!("a bad config loaded"),
     };
     let text = error.to_string();
-    let kinds: Vec<(String, &ProblemKind)> =
-        error.problems().iter().map(|p| (p.key.clone(), &p.kind)).collect();
+    let kinds: Vec<(String, &ProblemKind)> = error
+        .problems()
+        .iter()
+        .map(|p| (p.key.clone(), &p.kind))
+        .collect();
     assert_eq!(kinds.len(), 4, "all problems reported at once: {text}");
-    assert!(text.contains(&format!("key `{p}/listen-port` is not a valid u16: \"eighty\"")), "{text}");
-    assert!(text.contains(&format!("key `{p}/debug` is missing")), "{text}");
-    assert!(text.contains(&format!("key `{p}/log/level` rejected: unknown log level \"loud\"")), "{text}");
-    assert!(text.contains(&format!("key `{p}/api-token` is not a valid String (value is secret")), "{text}");
-    assert!(!text.contains('\u{fffd}'), "no part of the secret value is shown: {text}");
+    assert!(
+        text.contains(&format!(
+            "key `{p}/listen-port` is not a valid u16: \"eighty\""
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("key `{p}/debug` is missing")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "key `{p}/log/level` rejected: unknown log level \"loud\""
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "key `{p}/api-token` is not a valid String (value is secret"
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{fffd}'),
+        "no part of the secret value is shown: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -205,8 +248,16 @@ async fn struct_validator_rejects_the_whole_config() {
     seed(&mut etcd, &p, "/shared-region").await;
     put(&mut etcd, &format!("{p}/admin-port"), "8080").await;
     let client = client(&[server.endpoint()]).await;
-    let error = client.config::<App>(&p).await.err().expect("rejected").to_string();
-    assert!(error.contains(&format!("key `{p}` rejected: admin-port must differ")), "{error}");
+    let error = client
+        .config::<App>(&p)
+        .await
+        .err()
+        .expect("rejected")
+        .to_string();
+    assert!(
+        error.contains(&format!("key `{p}` rejected: admin-port must differ")),
+        "{error}"
+    );
 }
 
 #[derive(EtcdConfig)]
@@ -221,7 +272,10 @@ async fn struct_prefix_is_the_default_prefix() {
     let mut etcd = etcd(&[server.endpoint()]).await;
     put(&mut etcd, "/defaults-test/app/name", "from-attribute").await;
     let client = client(&[server.endpoint()]).await;
-    let live = client.config_at_default_prefix::<WithPrefix>().await.unwrap();
+    let live = client
+        .config_at_default_prefix::<WithPrefix>()
+        .await
+        .unwrap();
     assert_eq!(live.load().name, "from-attribute");
     assert_eq!(live.prefix(), "/defaults-test/app");
 }

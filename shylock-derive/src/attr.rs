@@ -22,7 +22,10 @@ impl<T> Slot<T> {
 
     fn set(&mut self, cx: &Ctxt, name: &Path, value: T) {
         if self.0.is_some() {
-            cx.error_spanned_by(name, format!("duplicate etcd attribute `{}`", path_name(name)));
+            cx.error_spanned_by(
+                name,
+                format!("duplicate etcd attribute `{}`", path_name(name)),
+            );
         } else {
             self.0 = Some(Attr {
                 name: name.clone(),
@@ -190,4 +193,3 @@ fn parse_path(meta: &ParseNestedMeta<'_>) -> syn::Result<Path> {
 pub fn path_name(path: &Path) -> String {
     quote::quote!(#path).to_string().replace(' ', "")
 }
-

@@ -17,7 +17,11 @@ pub fn derive(input: &Input<'_>) -> TokenStream {
         }
         None => quote!(::core::option::Option::None),
     };
-    let describe = input.fields.iter().filter(|f| !f.attrs.skip.is_set()).map(|f| describe_field(input, f));
+    let describe = input
+        .fields
+        .iter()
+        .filter(|f| !f.attrs.skip.is_set())
+        .map(|f| describe_field(input, f));
     let builds = input.fields.iter().map(|f| build_field(input, f));
     let names = input.fields.iter().map(|f| f.ident);
     let unwraps = input.fields.iter().map(|f| {
@@ -26,8 +30,9 @@ pub fn derive(input: &Input<'_>) -> TokenStream {
     });
     let struct_check = input.attrs.validate.get().map(|v| {
         let path = &v.value;
+        let call = quote_spanned!(path.span()=> #path(&__value));
         quote! {
-            if !__cx.check(__base, false, #path(&__value)) {
+            if !__cx.check(__base, #call) {
                 return ::core::option::Option::None;
             }
         }
@@ -105,7 +110,9 @@ fn describe_field(input: &Input<'_>, field: &Field<'_>) -> TokenStream {
 
 fn build_field(input: &Input<'_>, field: &Field<'_>) -> TokenStream {
     if field.attrs.skip.is_set() {
-        return quote!(::core::option::Option::Some(::core::default::Default::default()));
+        return quote!(::core::option::Option::Some(
+            ::core::default::Default::default()
+        ));
     }
     let key = key_expr(input, field);
     let elem = elem(field, field.shape.element());
@@ -128,7 +135,8 @@ fn build_field(input: &Input<'_>, field: &Field<'_>) -> TokenStream {
     };
     let validate = field.attrs.validate.get().map(|v| {
         let path = &v.value;
-        quote!(let __read = __read.filter(|__v| __cx.check(&__key, #secret, #path(__v)));)
+        let call = quote_spanned!(path.span()=> #path(__v));
+        quote!(let __read = __read.filter(|__v| __cx.check(&__key, #call));)
     });
     let ty = field.ty();
     quote! {{

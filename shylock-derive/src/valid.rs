@@ -122,4 +122,3 @@ fn key_problem(key: &str) -> Option<&'static str> {
         None
     }
 }
-

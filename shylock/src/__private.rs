@@ -327,7 +327,7 @@ impl<'a> Cx<'a> {
     }
 
     /// Records a validator's verdict; returns whether it passed.
-    pub fn check<E: Display>(&mut self, key: &str, _secret: bool, verdict: Result<(), E>) -> bool {
+    pub fn check<E: Display>(&mut self, key: &str, verdict: Result<(), E>) -> bool {
         match verdict {
             Ok(()) => true,
             Err(error) => {
@@ -344,7 +344,11 @@ fn describe_failure(raw: &[u8], error: &(dyn std::error::Error + Send + Sync)) -
     const SHOWN: usize = 64;
     let text = String::from_utf8_lossy(raw);
     let shown: String = text.chars().take(SHOWN).collect();
-    let more = if text.chars().count() > SHOWN { "…" } else { "" };
+    let more = if text.chars().count() > SHOWN {
+        "…"
+    } else {
+        ""
+    };
     format!("{shown:?}{more}: {error}")
 }
 

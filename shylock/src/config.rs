@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use crate::error::ConfigError;
 use crate::__private::{Cx, Flags};
+use crate::error::ConfigError;
 use crate::tree::Tree;
 
 /// A struct whose fields are read from etcd keys. Derive it with

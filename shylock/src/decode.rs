@@ -96,8 +96,14 @@ mod tests {
 
     #[test]
     fn human_durations() {
-        assert_eq!(Duration::from_value(b"30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(Duration::from_value(b"5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(
+            Duration::from_value(b"30s").unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            Duration::from_value(b"5m").unwrap(),
+            Duration::from_secs(300)
+        );
         assert_eq!(
             Duration::from_value(b"1h 30m").unwrap(),
             Duration::from_secs(5400)

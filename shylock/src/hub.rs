@@ -150,7 +150,10 @@ impl Hub {
             Err(e) => return Stop::Broken(e.to_string()),
         };
         for (&id, watch) in self.watches.iter().skip(1) {
-            if let Err(e) = tx.watch(watch.start.clone(), Some(Self::options(id, watch))).await {
+            if let Err(e) = tx
+                .watch(watch.start.clone(), Some(Self::options(id, watch)))
+                .await
+            {
                 return Stop::Broken(e.to_string());
             }
         }

@@ -52,6 +52,11 @@ pub mod testing;
 
 pub use shylock_derive::EtcdConfig;
 
+/// The README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use crate::client::{Client, ConnectOptions};
 pub use crate::config::{Dependency, DependencyKind, EtcdConfig};
 pub use crate::decode::{DecodeError, FromValue};

@@ -121,6 +121,7 @@ impl<T: EtcdConfig> Live<T> {
         let sink = LiveSink {
             shared: shared.clone(),
             tree,
+            pending: Vec::new(),
         };
         client.register(Box::new(sink), revision + 1)?;
         Ok(Live {
@@ -222,6 +223,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct LiveSink<T> {
     shared: Arc<Shared<T>>,
     tree: Tree,
+    /// Key changes since the last accepted config, while updates are rejected.
+    pending: Vec<KeyChange>,
 }
 
 impl<T: EtcdConfig> LiveSink<T> {
@@ -233,7 +236,11 @@ impl<T: EtcdConfig> LiveSink<T> {
     }
 
     /// Rebuilds from the key copy; publishes the new config or the rejection.
-    fn rebuild(&mut self, revision: i64, keys: Vec<KeyChange>) {
+    fn rebuild(&mut self, revision: i64, mut keys: Vec<KeyChange>) {
+        if !self.pending.is_empty() {
+            self.pending.append(&mut keys);
+            keys = coalesce(std::mem::take(&mut self.pending));
+        }
         let shared = &*self.shared;
         let now = SystemTime::now();
         let event = match build::<T>(&self.tree, &shared.prefix, revision) {
@@ -252,6 +259,7 @@ impl<T: EtcdConfig> LiveSink<T> {
                 Event::Changed(Change { revision, keys })
             }
             Err(error) => {
+                self.pending = keys;
                 tracing::warn!(
                     prefix = %shared.prefix,
                     revision,
@@ -268,7 +276,10 @@ impl<T: EtcdConfig> LiveSink<T> {
         };
         let current = shared.current.load();
         for callback in lock(&shared.callbacks).iter() {
-            callback(&event, &current);
+            let run = std::panic::AssertUnwindSafe(|| callback(&event, &current));
+            if std::panic::catch_unwind(run).is_err() {
+                tracing::error!(prefix = %shared.prefix, "an on_event callback panicked; the watch goes on");
+            }
         }
         let _ = shared.events.send(event);
     }
@@ -282,7 +293,12 @@ impl<T: EtcdConfig> Sink for LiveSink<T> {
     fn apply(&mut self, revision: i64, changes: Vec<RawChange>) {
         let mut keys = Vec::new();
         for change in changes {
-            if !self.shared.dependencies.iter().any(|d| d.covers(&change.key)) {
+            if !self
+                .shared
+                .dependencies
+                .iter()
+                .any(|d| d.covers(&change.key))
+            {
                 continue;
             }
             let secret = self.is_secret(&change.key);
@@ -311,14 +327,24 @@ impl<T: EtcdConfig> Sink for LiveSink<T> {
         let mut keys = Vec::new();
         for (key, old) in self.tree.iter() {
             if tree.get(key).is_none() {
-                keys.push(KeyChange::new(key, Some(&old.value), None, self.is_secret(key)));
+                keys.push(KeyChange::new(
+                    key,
+                    Some(&old.value),
+                    None,
+                    self.is_secret(key),
+                ));
             }
         }
         for (key, new) in tree.iter() {
             let old = self.tree.get(key);
             if old.map(|e| &e.value) != Some(&new.value) {
                 let old = old.map(|e| e.value.as_slice());
-                keys.push(KeyChange::new(key, old, Some(&new.value), self.is_secret(key)));
+                keys.push(KeyChange::new(
+                    key,
+                    old,
+                    Some(&new.value),
+                    self.is_secret(key),
+                ));
             }
         }
         self.tree = tree;
@@ -338,4 +364,25 @@ impl<T: EtcdConfig> Sink for LiveSink<T> {
     fn is_closed(&self) -> bool {
         Arc::strong_count(&self.shared) == 1
     }
+}
+
+/// One change per key, from its first old value to its last new value, in
+/// the order keys first changed; keys that ended where they started drop out.
+fn coalesce(changes: Vec<KeyChange>) -> Vec<KeyChange> {
+    let mut out: Vec<KeyChange> = Vec::with_capacity(changes.len());
+    let mut index = std::collections::HashMap::new();
+    for change in changes {
+        match index.get(&change.key) {
+            Some(&i) => {
+                let merged: &mut KeyChange = &mut out[i];
+                merged.new = change.new;
+            }
+            None => {
+                index.insert(change.key.clone(), out.len());
+                out.push(change);
+            }
+        }
+    }
+    out.retain(|c| c.old != c.new || c.old.as_deref() == Some(crate::event::REDACTED));
+    out
 }

@@ -33,7 +33,11 @@ pub(crate) fn covering_range(deps: &[Dependency]) -> (Vec<u8>, Vec<u8>) {
     };
     for (start, end) in ranges {
         lo = lo.min(start);
-        hi = if hi.is_empty() || end.is_empty() { Vec::new() } else { hi.max(end) };
+        hi = if hi.is_empty() || end.is_empty() {
+            Vec::new()
+        } else {
+            hi.max(end)
+        };
     }
     // An empty end means "to the end of the keyspace"; etcd spells it "\0".
     if hi.is_empty() {
@@ -107,10 +111,13 @@ pub(crate) async fn read(kv: &mut KvClient, deps: &[Dependency]) -> Result<(Tree
                 .with_range(end.clone())
                 .with_limit(PAGE)
                 .with_revision(revision);
-            page = kv.get(next, Some(options)).await.map_err(|source| Error::Etcd {
-                context: context(),
-                source,
-            })?;
+            page = kv
+                .get(next, Some(options))
+                .await
+                .map_err(|source| Error::Etcd {
+                    context: context(),
+                    source,
+                })?;
         }
     }
     Ok((tree, revision))

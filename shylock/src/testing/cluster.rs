@@ -34,7 +34,13 @@ impl EtcdCluster {
                 .iter()
                 .enumerate()
                 .map(|(i, &(client, peer))| {
-                    EtcdServer::unstarted(&format!("m{i}"), client, peer, Some(initial.clone()), &options)
+                    EtcdServer::unstarted(
+                        &format!("m{i}"),
+                        client,
+                        peer,
+                        Some(initial.clone()),
+                        &options,
+                    )
                 })
                 .collect();
             let started = members

@@ -83,7 +83,9 @@ pub(crate) fn remove_at_exit(dir: &Path) {
             }
         }
     }
-    let mut dirs = DIRS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut dirs = DIRS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if dirs.is_empty() {
         // SAFETY: registers a plain function with no captured state.
         unsafe {

@@ -66,7 +66,13 @@ impl EtcdServer {
     pub fn start_with(options: EtcdOptions) -> EtcdServer {
         let mut last = String::new();
         for _ in 0..3 {
-            let server = Self::unstarted("solo", process::free_port(), process::free_port(), None, &options);
+            let server = Self::unstarted(
+                "solo",
+                process::free_port(),
+                process::free_port(),
+                None,
+                &options,
+            );
             match server.spawn_and_wait() {
                 Ok(()) => return server,
                 Err(log) => last = log,
@@ -188,7 +194,10 @@ impl EtcdServer {
         let client = self.endpoint();
         command
             .arg(format!("--name={}", self.name))
-            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={}", self.peer_url()))
@@ -230,7 +239,8 @@ impl EtcdServer {
     }
 
     fn spawn_and_wait(&self) -> Result<(), String> {
-        self.spawn().map_err(|e| format!("could not run etcd: {e}"))?;
+        self.spawn()
+            .map_err(|e| format!("could not run etcd: {e}"))?;
         self.wait_ready()
     }
 }

@@ -1,0 +1,25 @@
+# The two commands of shylock: `make demo` and `make test`.
+.PHONY: all deps demo test lint fmt
+
+all: test
+
+# Install what is missing (etcd-server, etcd-client, protobuf-compiler, fuse3).
+deps:
+	@scripts/install-deps.sh
+
+# Start a throwaway etcd and watch a service's typed config change live.
+demo: deps
+	cargo build --quiet -p shylock-examples --examples
+	target/debug/examples/demo
+
+# The whole suite against real etcd servers, then format and lint checks.
+test: deps
+	cargo test --workspace --no-fail-fast
+	$(MAKE) lint
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+fmt:
+	cargo fmt --all

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what shylock's build, tests and demo need, when it is missing:
+# etcd (server and etcdctl), protoc (etcd-client's build) and fuse3.
+# Installs nothing when everything is present.
+set -euo pipefail
+
+missing=()
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/bin/$1" ]; }
+have etcd || missing+=(etcd-server)
+have etcdctl || missing+=(etcd-client)
+have protoc || missing+=(protobuf-compiler)
+have fusermount3 || missing+=(fuse3)
+
+if ! have cargo; then
+  echo "error: cargo is not installed; install Rust from https://rustup.rs first" >&2
+  exit 1
+fi
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "shylock: installing missing packages: ${missing[*]}"
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "error: apt-get is not available here; install these yourself: ${missing[*]}" >&2
+  echo "       (etcd 3.4 or newer with etcdctl, protoc, and fuse3)" >&2
+  exit 1
+fi
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    sudo=(sudo)
+  else
+    echo "error: installing ${missing[*]} needs root, and sudo is not available" >&2
+    exit 1
+  fi
+fi
+"${sudo[@]}" apt-get update -q
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,10 @@
+use shylock::EtcdConfig;
+
+struct Opaque;
+
+#[derive(EtcdConfig)]
+struct App {
+    thing: Opaque,
+}
+
+fn main() {}

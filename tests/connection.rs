@@ -38,8 +38,9 @@ async fn unreachable_etcd_fails_fast_naming_the_endpoints() {
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
 }
 
-/// etcd's own count of finished gRPC calls of one method, from `/metrics`.
-fn grpc_calls(endpoint: &str, method: &str) -> u64 {
+/// The sum of one of etcd's own metrics over the series whose labels
+/// contain `labels`, from its `/metrics` page.
+fn metric(endpoint: &str, name: &str, labels: &str) -> u64 {
     let address = endpoint.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     write!(stream, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
@@ -47,11 +48,45 @@ fn grpc_calls(endpoint: &str, method: &str) -> u64 {
     stream.read_to_string(&mut body).unwrap();
     body.lines()
         .filter(|l| {
-            l.starts_with("grpc_server_handled_total{")
-                && l.contains(&format!("grpc_method=\"{method}\""))
+            l.starts_with(name) && l[name.len()..].starts_with([' ', '{']) && l.contains(labels)
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// etcd's count of finished gRPC calls of one method.
+fn grpc_calls(endpoint: &str, method: &str) -> u64 {
+    metric(
+        endpoint,
+        "grpc_server_handled_total",
+        &format!("grpc_method=\"{method}\""),
+    )
+}
+
+#[derive(EtcdConfig)]
+struct Other {
+    z: String,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configs_of_one_client_share_one_watch_stream() {
+    let server = EtcdServer::start();
+    let endpoint = server.endpoint();
+    let mut etcd = etcd(&[endpoint.clone()]).await;
+    put(&mut etcd, "/s1/a", "1").await;
+    put(&mut etcd, "/s2/z", "z").await;
+    let client = client(&[endpoint.clone()]).await;
+    let small = client.config::<Small>("/s1").await.unwrap();
+    let other = client.config::<Other>("/s2").await.unwrap();
+    let handles: Vec<_> = (0..10).map(|_| small.clone()).collect();
+    put(&mut etcd, "/s1/a", "2").await;
+    put(&mut etcd, "/s2/z", "y").await;
+    wait_config(&handles[9], "update through a cloned handle", |s| s.a == 2).await;
+    wait_config(&other, "second type", |o| o.z == "y").await;
+    let streams = metric(&endpoint, "etcd_debugging_mvcc_watch_stream_total", "");
+    let watchers = metric(&endpoint, "etcd_debugging_mvcc_watcher_total", "");
+    assert_eq!(streams, 1, "one watch stream for the whole client");
+    assert_eq!(watchers, 2, "one watch per config, none per handle");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -184,6 +184,19 @@ impl<'a> Cx<'a> {
         });
     }
 
+    /// Records a value that does not decode; secret values are not described.
+    fn invalid<T>(
+        &mut self,
+        key: &str,
+        raw: &[u8],
+        error: &(dyn std::error::Error + Send + Sync),
+        secret: bool,
+    ) {
+        let reason = (!secret).then(|| describe_failure(raw, error));
+        let expected = short_type_name::<T>();
+        self.problem(key, ProblemKind::Invalid { expected, reason });
+    }
+
     /// Reads one element: `Ok(None)` when a leaf's key is missing.
     fn read<T>(&mut self, elem: &Elem<T>, key: &str, secret: bool) -> Result<Option<T>, ()> {
         match elem {
@@ -194,14 +207,7 @@ impl<'a> Cx<'a> {
                 match decode(&entry.value) {
                     Ok(value) => Ok(Some(value)),
                     Err(error) => {
-                        let reason = (!secret).then(|| describe_failure(&entry.value, &*error));
-                        self.problem(
-                            key,
-                            ProblemKind::Invalid {
-                                expected: short_type_name::<T>(),
-                                reason,
-                            },
-                        );
+                        self.invalid::<T>(key, &entry.value, &*error, secret);
                         Err(())
                     }
                 }
@@ -273,39 +279,46 @@ impl<'a> Cx<'a> {
     }
 
     /// The children of `key/` as (name, value) pairs: direct child keys for
-    /// leaves, first path segments for nested configs.
+    /// leaves (decoded in one pass over the keys), first path segments for
+    /// nested configs.
     fn children<T>(&mut self, elem: &Elem<T>, key: &str, secret: bool) -> Option<Vec<(String, T)>> {
         let prefix = format!("{key}/");
-        let names: Vec<String> = match elem {
-            Elem::Leaf(_) => self
-                .tree
-                .under(&prefix)
-                .map(|(k, _)| &k[prefix.len()..])
-                .filter(|rest| !rest.is_empty() && !rest.contains('/'))
-                .map(str::to_owned)
-                .collect(),
-            Elem::Node(..) => {
-                let mut names: Vec<String> = Vec::new();
-                for (k, _) in self.tree.under(&prefix) {
-                    let rest = &k[prefix.len()..];
-                    let Some((first, _)) = rest.split_once('/') else {
+        let mut out = Vec::new();
+        let mut ok = true;
+        match elem {
+            Elem::Leaf(decode) => {
+                let tree = self.tree;
+                for (full, entry) in tree.under(&prefix) {
+                    let name = &full[prefix.len()..];
+                    if name.is_empty() || name.contains('/') {
                         continue;
-                    };
-                    if names.last().map(String::as_str) != Some(first) {
-                        names.push(first.to_owned());
+                    }
+                    match decode(&entry.value) {
+                        Ok(value) => out.push((name.to_owned(), value)),
+                        Err(error) => {
+                            ok = false;
+                            self.invalid::<T>(full, &entry.value, &*error, secret);
+                        }
                     }
                 }
-                names
             }
-        };
-        let mut out = Vec::with_capacity(names.len());
-        let mut ok = true;
-        for name in names {
-            let child = join(key, &name);
-            match self.read(elem, &child, secret) {
-                Ok(Some(value)) => out.push((name, value)),
-                Ok(None) => {}
-                Err(()) => ok = false,
+            Elem::Node(..) => {
+                let mut names: Vec<&str> = Vec::new();
+                for (full, _) in self.tree.under(&prefix) {
+                    let Some((first, _)) = full[prefix.len()..].split_once('/') else {
+                        continue;
+                    };
+                    if names.last() != Some(&first) {
+                        names.push(first);
+                    }
+                }
+                for name in names {
+                    match self.read(elem, &join(key, name), secret) {
+                        Ok(Some(value)) => out.push((name.to_owned(), value)),
+                        Ok(None) => {}
+                        Err(()) => ok = false,
+                    }
+                }
             }
         }
         ok.then_some(out)

@@ -29,6 +29,21 @@ pub async fn put(etcd: &mut etcd_client::Client, key: &str, value: impl Into<Vec
     response.header().expect("header").revision()
 }
 
+/// Puts `key = value`, retrying while the cluster is electing a leader or a
+/// member is down, as a real writer would; returns the revision.
+pub async fn put_retrying(etcd: &mut etcd_client::Client, key: &str, value: &str) -> i64 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match etcd.put(key, value, None).await {
+            Ok(response) => return response.header().expect("header").revision(),
+            Err(error) => {
+                assert!(Instant::now() < deadline, "put {key} kept failing: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Deletes one key; returns the revision.
 pub async fn delete(etcd: &mut etcd_client::Client, key: &str) -> i64 {
     let response = etcd.delete(key, None).await.expect("delete");

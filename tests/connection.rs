@@ -71,11 +71,12 @@ struct Other {
 #[tokio::test(flavor = "multi_thread")]
 async fn configs_of_one_client_share_one_watch_stream() {
     let server = EtcdServer::start();
-    let endpoint = server.endpoint();
-    let mut etcd = etcd(&[endpoint.clone()]).await;
+    let endpoints = [server.endpoint()];
+    let endpoint = &endpoints[0];
+    let mut etcd = etcd(&endpoints).await;
     put(&mut etcd, "/s1/a", "1").await;
     put(&mut etcd, "/s2/z", "z").await;
-    let client = client(&[endpoint.clone()]).await;
+    let client = client(&endpoints).await;
     let small = client.config::<Small>("/s1").await.unwrap();
     let other = client.config::<Other>("/s2").await.unwrap();
     let handles: Vec<_> = (0..10).map(|_| small.clone()).collect();
@@ -83,8 +84,8 @@ async fn configs_of_one_client_share_one_watch_stream() {
     put(&mut etcd, "/s2/z", "y").await;
     wait_config(&handles[9], "update through a cloned handle", |s| s.a == 2).await;
     wait_config(&other, "second type", |o| o.z == "y").await;
-    let streams = metric(&endpoint, "etcd_debugging_mvcc_watch_stream_total", "");
-    let watchers = metric(&endpoint, "etcd_debugging_mvcc_watcher_total", "");
+    let streams = metric(endpoint, "etcd_debugging_mvcc_watch_stream_total", "");
+    let watchers = metric(endpoint, "etcd_debugging_mvcc_watcher_total", "");
     assert_eq!(streams, 1, "one watch stream for the whole client");
     assert_eq!(watchers, 2, "one watch per config, none per handle");
 }

@@ -166,10 +166,10 @@ async fn a_three_member_cluster_serves_configs() {
     let endpoints = cluster.endpoints();
     assert_eq!(endpoints.len(), 3);
     let mut etcd = etcd(&endpoints[2..]).await;
-    put(&mut etcd, "/c/a", "1").await;
+    put_retrying(&mut etcd, "/c/a", "1").await;
     let client = client(&endpoints[..1]).await;
     let live = client.config::<Small>("/c").await.unwrap();
-    put(&mut etcd, "/c/a", "2").await;
+    put_retrying(&mut etcd, "/c/a", "2").await;
     wait_config(&live, "write through another member", |s| s.a == 2).await;
 
     cluster.member(2).kill();
@@ -177,7 +177,7 @@ async fn a_three_member_cluster_serves_configs() {
     let mut etcd = etcd_client::Client::connect(&endpoints[1..2], None)
         .await
         .unwrap();
-    put(&mut etcd, "/c/a", "3").await;
+    put_retrying(&mut etcd, "/c/a", "3").await;
     wait_config(&live, "write with one member down", |s| s.a == 3).await;
     cluster.member(2).restart();
     assert!(cluster.member(2).is_running());

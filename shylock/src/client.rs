@@ -19,6 +19,7 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 pub struct ConnectOptions {
     endpoints: Vec<String>,
     startup_timeout: Duration,
+    stall_timeout: Duration,
 }
 
 impl ConnectOptions {
@@ -28,7 +29,16 @@ impl ConnectOptions {
         ConnectOptions {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             startup_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// How long the watch stream may go without any answer from etcd (the
+    /// client asks for a progress report every third of it) before it is
+    /// taken as stalled and reopened. Default 30 seconds.
+    pub fn with_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
+        self
     }
 
     /// How long the first read of a config may take before it fails with an
@@ -72,7 +82,7 @@ impl Client {
                 timeout: options.startup_timeout,
                 cause: e.to_string(),
             })?;
-        let hub = hub::spawn(etcd.clone());
+        let hub = hub::spawn(etcd.clone(), options.stall_timeout);
         Ok(Client {
             inner: Arc::new(Inner { etcd, options, hub }),
         })
@@ -89,15 +99,16 @@ impl Client {
             .kv_client()
             .max_decoding_message_size(MAX_MESSAGE);
         let timeout = self.inner.options.startup_timeout;
-        let (tree, revision) = tokio::time::timeout(timeout, load::read(&mut kv, &dependencies))
-            .await
-            .map_err(|_| self.unreachable("timed out".to_owned()))?
-            .map_err(|e| match e {
-                Error::Etcd { source, .. } if is_connection_error(&source) => {
-                    self.unreachable(source.to_string())
-                }
-                other => other,
-            })?;
+        let (tree, revision) =
+            tokio::time::timeout(timeout, load::read(&mut kv, &dependencies, None))
+                .await
+                .map_err(|_| self.unreachable("timed out".to_owned()))?
+                .map_err(|e| match e {
+                    Error::Etcd { source, .. } if is_connection_error(&source) => {
+                        self.unreachable(source.to_string())
+                    }
+                    other => other,
+                })?;
         Live::start(self.clone(), prefix, dependencies, tree, revision)
     }
 
@@ -119,6 +130,20 @@ impl Client {
     /// The options this client was made with.
     pub fn options(&self) -> &ConnectOptions {
         &self.inner.options
+    }
+
+    /// Reads the keys of `dependencies` as etcd held them at `revision`.
+    pub(crate) async fn read_at(
+        &self,
+        dependencies: &[crate::config::Dependency],
+        revision: i64,
+    ) -> Result<crate::tree::Tree> {
+        let mut kv = self
+            .inner
+            .etcd
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE);
+        Ok(load::read(&mut kv, dependencies, Some(revision)).await?.0)
     }
 
     pub(crate) fn register(&self, sink: Box<dyn Sink>, next: i64) -> Result<()> {

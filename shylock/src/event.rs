@@ -11,6 +11,15 @@ pub enum Event {
     /// etcd now holds values that do not make a valid config; the last good
     /// config keeps serving.
     Rejected(ConfigError),
+    /// The watch could not resume at `from` because etcd compacted that
+    /// history away; every key was re-read at `revision`. The difference
+    /// (deletions included) follows as one `Changed` or `Rejected` event.
+    Resynced {
+        /// The first revision that could not be replayed.
+        from: i64,
+        /// The revision everything was re-read at.
+        revision: i64,
+    },
 }
 
 /// A new config and the keys that made it.

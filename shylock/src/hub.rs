@@ -26,14 +26,25 @@ pub(crate) trait Sink: Send + Sync + 'static {
     fn dependencies(&self) -> &[Dependency];
     /// The key changes of one watch response, all at once.
     fn apply(&mut self, revision: i64, changes: Vec<RawChange>);
-    /// Everything as re-read at `revision`, after the history was compacted.
-    fn replace(&mut self, tree: Tree, revision: i64);
+    /// Everything as re-read at `revision`, after the history from `from`
+    /// on was compacted away.
+    fn replace(&mut self, tree: Tree, revision: i64, from: i64);
     /// etcd reports no change in this sink's range up to `revision`.
     fn progress(&mut self, revision: i64);
-    /// The stream broke (`Some`) or works again (`None`).
-    fn connection(&mut self, error: Option<String>);
+    /// etcd answered on the stream: the config is not stale.
+    fn alive(&mut self);
+    /// The stream broke, or works again through a member.
+    fn connection(&mut self, state: Connection);
     /// Every handle is gone: the watch can be cancelled.
     fn is_closed(&self) -> bool;
+}
+
+/// The state of the watch stream, as sinks are told it.
+pub(crate) enum Connection {
+    /// Served by this member (its client URL, or its id when unknown).
+    Up(String),
+    /// Broken, with the reason; reconnecting.
+    Down(String),
 }
 
 pub(crate) enum Command {
@@ -42,13 +53,17 @@ pub(crate) enum Command {
 }
 
 /// Starts the hub task; it ends when every sender is dropped.
-pub(crate) fn spawn(etcd: etcd_client::Client) -> mpsc::UnboundedSender<Command> {
+pub(crate) fn spawn(
+    etcd: etcd_client::Client,
+    stall_timeout: Duration,
+) -> mpsc::UnboundedSender<Command> {
     let (tx, cmds) = mpsc::unbounded_channel();
     let hub = Hub {
         etcd,
         cmds,
         watches: BTreeMap::new(),
         next_id: 1,
+        stall_timeout,
     };
     tokio::spawn(hub.run());
     tx
@@ -67,6 +82,8 @@ struct Hub {
     cmds: mpsc::UnboundedReceiver<Command>,
     watches: BTreeMap<i64, Watch>,
     next_id: i64,
+    /// A stream silent for this long (progress requests unanswered) is broken.
+    stall_timeout: Duration,
 }
 
 enum Stop {
@@ -78,7 +95,6 @@ enum Stop {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-const SWEEP: Duration = Duration::from_secs(1);
 
 impl Hub {
     async fn run(mut self) {
@@ -86,7 +102,9 @@ impl Hub {
         loop {
             if self.watches.is_empty() {
                 match self.cmds.recv().await {
-                    Some(cmd) => self.add(cmd),
+                    Some(cmd) => {
+                        self.add(cmd);
+                    }
                     None => return,
                 }
                 continue;
@@ -97,7 +115,7 @@ impl Hub {
             };
             tracing::warn!(%error, retry_in = ?backoff, "etcd watch stream broke; resuming from the last applied revision");
             for watch in self.watches.values_mut() {
-                watch.sink.connection(Some(error.clone()));
+                watch.sink.connection(Connection::Down(error.clone()));
             }
             let sleep = tokio::time::sleep(jitter(backoff));
             tokio::pin!(sleep);
@@ -105,7 +123,9 @@ impl Hub {
                 tokio::select! {
                     () = &mut sleep => break,
                     cmd = self.cmds.recv() => match cmd {
-                        Some(cmd) => self.add(cmd),
+                        Some(cmd) => {
+                            self.add(cmd);
+                        }
                         None => return,
                     },
                 }
@@ -114,7 +134,9 @@ impl Hub {
         }
     }
 
-    fn add(&mut self, Command::Register(sink, next): Command) {
+    /// Adds a watch.
+    fn add(&mut self, command: Command) {
+        let Command::Register(sink, next) = command;
         let (start, end) = load::covering_range(sink.dependencies());
         let id = self.next_id;
         self.next_id += 1;
@@ -157,8 +179,11 @@ impl Hub {
                 return Stop::Broken(e.to_string());
             }
         }
-        let mut sweep = tokio::time::interval(SWEEP);
-        let mut healthy = false;
+        let members = self.members().await;
+        let mut tick = tokio::time::interval(self.stall_timeout / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_message = tokio::time::Instant::now();
+        let mut member = None;
         loop {
             let result = tokio::select! {
                 cmd = self.cmds.recv() => match cmd {
@@ -166,16 +191,22 @@ impl Hub {
                     Some(cmd) => {
                         self.add(cmd);
                         let (&id, watch) = self.watches.iter().next_back().expect("just added");
-                        tx.watch(watch.start.clone(), Some(Self::options(id, watch))).await.map_err(|e| e.to_string())
+                        tx.watch(watch.start.clone(), Some(Self::options(id, watch)))
+                            .await
+                            .map_err(|e| e.to_string())
                     }
                 },
                 message = rx.message() => match message {
                     Ok(Some(response)) => {
-                        if !healthy {
-                            healthy = true;
+                        last_message = tokio::time::Instant::now();
+                        let from = response.header().map(|h| h.member_id());
+                        if from.is_some() && from != member {
+                            member = from;
                             *backoff = BACKOFF_MIN;
+                            let id = from.unwrap_or_default();
+                            let name = members.get(&id).cloned().unwrap_or_else(|| format!("member {id:x}"));
                             for watch in self.watches.values_mut() {
-                                watch.sink.connection(None);
+                                watch.sink.connection(Connection::Up(name.clone()));
                             }
                         }
                         self.dispatch(response, &mut tx).await
@@ -183,12 +214,34 @@ impl Hub {
                     Ok(None) => Err("etcd closed the watch stream".to_owned()),
                     Err(e) => Err(e.to_string()),
                 },
-                _ = sweep.tick() => self.sweep(&mut tx).await,
+                _ = tick.tick() => {
+                    let silent = last_message.elapsed();
+                    if silent > self.stall_timeout {
+                        Err(format!("the watch stream stalled: no answer from etcd for {silent:.1?}"))
+                    } else {
+                        match self.sweep(&mut tx).await {
+                            Ok(()) => tx.request_progress().await.map_err(|e| e.to_string()),
+                            Err(e) => Err(e),
+                        }
+                    }
+                }
             };
             if let Err(error) = result {
                 return Stop::Broken(error);
             }
         }
+    }
+
+    /// Member ids and client URLs, to name the member serving the stream.
+    async fn members(&mut self) -> std::collections::HashMap<u64, String> {
+        let list = tokio::time::timeout(self.stall_timeout, self.etcd.member_list()).await;
+        let Ok(Ok(list)) = list else {
+            return Default::default();
+        };
+        list.members()
+            .iter()
+            .filter_map(|m| Some((m.id(), m.client_urls().first()?.clone())))
+            .collect()
     }
 
     /// Cancels the watches whose handles are all gone.
@@ -212,6 +265,15 @@ impl Hub {
         tx: &mut WatchRequestSender,
     ) -> Result<(), String> {
         let id = response.watch_id();
+        if id == -1 {
+            // The answer to a progress request. etcd 3.4 sends it on a control
+            // channel that can overtake queued events, so it proves the stream
+            // is alive, but not that every event up to its revision arrived.
+            for watch in self.watches.values_mut() {
+                watch.sink.alive();
+            }
+            return Ok(());
+        }
         let Some(watch) = self.watches.get_mut(&id) else {
             return Ok(());
         };
@@ -221,7 +283,7 @@ impl Hub {
             }
             let reason = format!("etcd cancelled the watch: {}", response.cancel_reason());
             tracing::error!(%reason, "watch cancelled");
-            watch.sink.connection(Some(reason));
+            watch.sink.connection(Connection::Down(reason));
             self.watches.remove(&id);
             return Ok(());
         }
@@ -259,28 +321,40 @@ impl Hub {
     }
 
     /// The history after `watch.next` is gone: re-read everything, apply the
-    /// difference as one update, and watch again from there.
+    /// difference as one update, and watch again from there under a new id
+    /// (etcd keeps a compacted watch's id taken until it is cancelled).
     async fn resync(
         &mut self,
         id: i64,
         compacted: i64,
         tx: &mut WatchRequestSender,
     ) -> Result<(), String> {
-        let watch = self.watches.get_mut(&id).expect("resync of a known watch");
+        let mut watch = self.watches.remove(&id).expect("resync of a known watch");
+        tx.cancel(id).await.map_err(|e| e.to_string())?;
         tracing::warn!(
             from = watch.next,
             compacted,
             "watch history compacted; re-reading all keys"
         );
         let mut kv = self.etcd.kv_client();
-        let (tree, revision) = load::read(&mut kv, watch.sink.dependencies())
-            .await
-            .map_err(|e| e.to_string())?;
-        watch.sink.replace(tree, revision);
+        let read = load::read(&mut kv, watch.sink.dependencies(), None).await;
+        let (tree, revision) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                // Keep the watch (still at its old revision) for the next stream.
+                self.watches.insert(id, watch);
+                return Err(e.to_string());
+            }
+        };
+        watch.sink.replace(tree, revision, watch.next);
         watch.next = revision + 1;
-        tx.watch(watch.start.clone(), Some(Self::options(id, watch)))
-            .await
-            .map_err(|e| e.to_string())
+        let id = self.next_id;
+        self.next_id += 1;
+        let created = tx
+            .watch(watch.start.clone(), Some(Self::options(id, &watch)))
+            .await;
+        self.watches.insert(id, watch);
+        created.map_err(|e| e.to_string())
     }
 }
 

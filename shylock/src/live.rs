@@ -11,7 +11,7 @@ use crate::client::Client;
 use crate::config::{build, Dependency, EtcdConfig};
 use crate::error::{Error, Result};
 use crate::event::{Change, Event, KeyChange};
-use crate::hub::{RawChange, Sink};
+use crate::hub::{Connection, RawChange, Sink};
 use crate::status::Status;
 use crate::tree::Tree;
 
@@ -51,7 +51,12 @@ struct Shared<T> {
     prefix: String,
     dependencies: Vec<Dependency>,
     status: Mutex<Status>,
+    /// The in-memory copy of the keys: written by the watch, read by rebuilds
+    /// and by `wait_for_revision`. Never touched by `load()`.
+    tree: Mutex<Tree>,
     notify: watch::Sender<Arc<Snapshot<T>>>,
+    /// The newest revision the watch has confirmed, for `wait_for_revision`.
+    applied: watch::Sender<i64>,
     events: broadcast::Sender<Event>,
     callbacks: Mutex<Vec<Callback<T>>>,
 }
@@ -114,13 +119,14 @@ impl<T: EtcdConfig> Live<T> {
                 last_event: Some(SystemTime::now()),
                 ..Status::default()
             }),
+            tree: Mutex::new(tree),
             notify,
+            applied: watch::channel(revision).0,
             events: broadcast::channel(256).0,
             callbacks: Mutex::new(Vec::new()),
         });
         let sink = LiveSink {
             shared: shared.clone(),
-            tree,
             pending: Vec::new(),
         };
         client.register(Box::new(sink), revision + 1)?;
@@ -159,6 +165,36 @@ impl<T> Live<T> {
         Ok(self.seen.borrow_and_update().clone())
     }
 
+    /// Waits until this config has applied every change up to `revision`,
+    /// such as the revision of a write this program made, and returns the
+    /// config then serving. If that change was rejected, the last good config
+    /// is returned and [`status`](Live::status) holds the error.
+    pub async fn wait_for_revision(&self, revision: i64) -> Result<Arc<Snapshot<T>>> {
+        let mut applied = self.shared.applied.subscribe();
+        let mut compared = false;
+        loop {
+            if *applied.borrow_and_update() >= revision {
+                return Ok(self.load_full());
+            }
+            if !compared {
+                // A write outside this config's keys sends it no event: if
+                // its keys at `revision` are what it holds, it is current.
+                compared = true;
+                if let Ok(theirs) = self
+                    ._client
+                    .read_at(&self.shared.dependencies, revision)
+                    .await
+                {
+                    if same_keys(&theirs, &lock(&self.shared.tree)) {
+                        self.shared.confirm(revision);
+                        continue;
+                    }
+                }
+            }
+            applied.changed().await.map_err(|_| Error::Closed)?;
+        }
+    }
+
     /// A `tokio::sync::watch` receiver of snapshots.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot<T>>> {
         self.shared.notify.subscribe()
@@ -192,6 +228,17 @@ impl<T> Live<T> {
     }
 }
 
+impl<T> Shared<T> {
+    /// Records that etcd's keys of this config are applied up to `revision`.
+    fn confirm(&self, revision: i64) {
+        {
+            let mut status = lock(&self.status);
+            status.applied_revision = status.applied_revision.max(revision);
+        }
+        self.applied.send_if_modified(|r| raise(r, revision));
+    }
+}
+
 /// A per-thread reader made by [`Live::cached`].
 pub struct Cached<T> {
     cache: Cache<SwapRef<T>, Arc<Snapshot<T>>>,
@@ -222,7 +269,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The watch side of a live config: the key copy and the rebuild.
 struct LiveSink<T> {
     shared: Arc<Shared<T>>,
-    tree: Tree,
     /// Key changes since the last accepted config, while updates are rejected.
     pending: Vec<KeyChange>,
 }
@@ -236,14 +282,14 @@ impl<T: EtcdConfig> LiveSink<T> {
     }
 
     /// Rebuilds from the key copy; publishes the new config or the rejection.
-    fn rebuild(&mut self, revision: i64, mut keys: Vec<KeyChange>) {
+    fn rebuild(&mut self, tree: &Tree, revision: i64, mut keys: Vec<KeyChange>) {
         if !self.pending.is_empty() {
             self.pending.append(&mut keys);
             keys = coalesce(std::mem::take(&mut self.pending));
         }
         let shared = &*self.shared;
         let now = SystemTime::now();
-        let event = match build::<T>(&self.tree, &shared.prefix, revision) {
+        let event = match build::<T>(tree, &shared.prefix, revision) {
             Ok(value) => {
                 let snapshot = Arc::new(Snapshot { value, revision });
                 shared.current.store(snapshot.clone());
@@ -256,6 +302,7 @@ impl<T: EtcdConfig> LiveSink<T> {
                     status.accepted_updates += 1;
                 }
                 shared.notify.send_replace(snapshot);
+                shared.applied.send_if_modified(|r| raise(r, revision));
                 Event::Changed(Change { revision, keys })
             }
             Err(error) => {
@@ -266,14 +313,23 @@ impl<T: EtcdConfig> LiveSink<T> {
                     %error,
                     "rejected a config update; the last good config keeps serving"
                 );
-                let mut status = lock(&shared.status);
-                status.applied_revision = status.applied_revision.max(revision);
-                status.last_event = Some(now);
-                status.last_error = Some(error.clone());
-                status.rejected_updates += 1;
+                {
+                    let mut status = lock(&shared.status);
+                    status.applied_revision = status.applied_revision.max(revision);
+                    status.last_event = Some(now);
+                    status.last_error = Some(error.clone());
+                    status.rejected_updates += 1;
+                }
+                shared.applied.send_if_modified(|r| raise(r, revision));
                 Event::Rejected(error)
             }
         };
+        self.publish(event);
+    }
+
+    /// Runs the callbacks, then tells subscribers.
+    fn publish(&self, event: Event) {
+        let shared = &*self.shared;
         let current = shared.current.load();
         for callback in lock(&shared.callbacks).iter() {
             let run = std::panic::AssertUnwindSafe(|| callback(&event, &current));
@@ -291,6 +347,8 @@ impl<T: EtcdConfig> Sink for LiveSink<T> {
     }
 
     fn apply(&mut self, revision: i64, changes: Vec<RawChange>) {
+        let shared = self.shared.clone();
+        let mut tree = lock(&shared.tree);
         let mut keys = Vec::new();
         for change in changes {
             if !self
@@ -303,11 +361,8 @@ impl<T: EtcdConfig> Sink for LiveSink<T> {
             }
             let secret = self.is_secret(&change.key);
             let old = match &change.value {
-                Some(value) => {
-                    self.tree
-                        .insert(change.key.clone(), value.clone(), change.mod_revision)
-                }
-                None => self.tree.remove(&change.key),
+                Some(value) => tree.insert(change.key.clone(), value.clone(), change.mod_revision),
+                None => tree.remove(&change.key),
             };
             keys.push(KeyChange::new(
                 &change.key,
@@ -317,48 +372,57 @@ impl<T: EtcdConfig> Sink for LiveSink<T> {
             ));
         }
         if keys.is_empty() {
+            drop(tree);
             self.progress(revision);
         } else {
-            self.rebuild(revision, keys);
+            self.rebuild(&tree, revision, keys);
         }
     }
 
-    fn replace(&mut self, tree: Tree, revision: i64) {
+    fn replace(&mut self, tree: Tree, revision: i64, from: i64) {
+        lock(&self.shared.status).resyncs += 1;
+        self.publish(Event::Resynced { from, revision });
+        let shared = self.shared.clone();
+        let mut current = lock(&shared.tree);
         let mut keys = Vec::new();
-        for (key, old) in self.tree.iter() {
+        for (key, old) in current.iter() {
             if tree.get(key).is_none() {
-                keys.push(KeyChange::new(
-                    key,
-                    Some(&old.value),
-                    None,
-                    self.is_secret(key),
-                ));
+                let secret = self.is_secret(key);
+                keys.push(KeyChange::new(key, Some(&old.value), None, secret));
             }
         }
         for (key, new) in tree.iter() {
-            let old = self.tree.get(key);
-            if old.map(|e| &e.value) != Some(&new.value) {
-                let old = old.map(|e| e.value.as_slice());
-                keys.push(KeyChange::new(
-                    key,
-                    old,
-                    Some(&new.value),
-                    self.is_secret(key),
-                ));
+            let old = current.get(key).map(|e| e.value.as_slice());
+            if old != Some(new.value.as_slice()) {
+                let secret = self.is_secret(key);
+                keys.push(KeyChange::new(key, old, Some(&new.value), secret));
             }
         }
-        self.tree = tree;
-        self.rebuild(revision, keys);
+        *current = tree;
+        self.rebuild(&current, revision, keys);
     }
 
     fn progress(&mut self, revision: i64) {
-        let mut status = lock(&self.shared.status);
-        status.applied_revision = status.applied_revision.max(revision);
-        status.last_event = Some(SystemTime::now());
+        lock(&self.shared.status).last_event = Some(SystemTime::now());
+        self.shared.confirm(revision);
     }
 
-    fn connection(&mut self, error: Option<String>) {
-        lock(&self.shared.status).connection_error = error;
+    fn alive(&mut self) {
+        lock(&self.shared.status).last_event = Some(SystemTime::now());
+    }
+
+    fn connection(&mut self, state: Connection) {
+        let mut status = lock(&self.shared.status);
+        match state {
+            Connection::Up(member) => {
+                status.member = Some(member);
+                status.connection_error = None;
+            }
+            Connection::Down(error) => {
+                status.member = None;
+                status.connection_error = Some(error);
+            }
+        }
     }
 
     fn is_closed(&self) -> bool {
@@ -385,4 +449,19 @@ fn coalesce(changes: Vec<KeyChange>) -> Vec<KeyChange> {
     }
     out.retain(|c| c.old != c.new || c.old.as_deref() == Some(crate::event::REDACTED));
     out
+}
+
+/// Raises a revision watermark; reports whether it moved.
+fn raise(current: &mut i64, revision: i64) -> bool {
+    let moved = revision > *current;
+    *current = (*current).max(revision);
+    moved
+}
+
+/// Whether two copies hold the same keys, each last changed at the same revision.
+fn same_keys(a: &Tree, b: &Tree) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((ka, ea), (kb, eb))| ka == kb && ea.mod_revision == eb.mod_revision)
 }

@@ -58,9 +58,13 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     Vec::new()
 }
 
-/// Reads every key of `deps` at one revision. Returns the keys (only those a
-/// dependency covers) and that revision.
-pub(crate) async fn read(kv: &mut KvClient, deps: &[Dependency]) -> Result<(Tree, i64)> {
+/// Reads every key of `deps` at one revision (`at`, or the newest). Returns
+/// the keys (only those a dependency covers) and that revision.
+pub(crate) async fn read(
+    kv: &mut KvClient,
+    deps: &[Dependency],
+    at: Option<i64>,
+) -> Result<(Tree, i64)> {
     let ranges: Vec<(Vec<u8>, Vec<u8>)> = if deps.len() <= MAX_TXN_OPS {
         deps.iter().map(range_of).collect()
     } else {
@@ -69,10 +73,11 @@ pub(crate) async fn read(kv: &mut KvClient, deps: &[Dependency]) -> Result<(Tree
     let ops: Vec<TxnOp> = ranges
         .iter()
         .map(|(start, end)| {
-            TxnOp::get(
-                start.clone(),
-                Some(GetOptions::new().with_range(end.clone()).with_limit(PAGE)),
-            )
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(PAGE)
+                .with_revision(at.unwrap_or(0));
+            TxnOp::get(start.clone(), Some(options))
         })
         .collect();
     let context = || format!("reading {}", describe(deps));
@@ -83,7 +88,7 @@ pub(crate) async fn read(kv: &mut KvClient, deps: &[Dependency]) -> Result<(Tree
             context: context(),
             source,
         })?;
-    let revision = response.header().map_or(0, |h| h.revision());
+    let revision = at.unwrap_or_else(|| response.header().map_or(0, |h| h.revision()));
     let mut tree = Tree::default();
     for (op, (_, end)) in response.op_responses().into_iter().zip(&ranges) {
         let TxnOpResponse::Get(mut page) = op else {

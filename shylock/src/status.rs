@@ -22,9 +22,19 @@ pub struct Status {
     pub accepted_updates: u64,
     /// The last watch or connection error, while it lasts.
     pub connection_error: Option<String>,
+    /// The etcd member serving the watch (its client URL), while connected.
+    pub member: Option<String>,
+    /// Times the watch re-read everything after a compaction.
+    pub resyncs: u64,
 }
 
 impl Status {
+    /// How stale the config may be: the time since etcd last confirmed it
+    /// (an event, or an answer to the periodic progress request).
+    pub fn staleness(&self) -> Option<std::time::Duration> {
+        self.last_event.map(|t| t.elapsed().unwrap_or_default())
+    }
+
     /// Whether the config serving now is what etcd holds.
     pub fn is_current(&self) -> bool {
         self.last_error.is_none() && self.connection_error.is_none()

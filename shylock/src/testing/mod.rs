@@ -20,12 +20,14 @@
 
 mod cluster;
 mod process;
+mod proxy;
 mod server;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 pub use cluster::EtcdCluster;
+pub use proxy::Proxy;
 pub use server::{EtcdOptions, EtcdServer};
 
 /// One server for the whole test binary, started on first use. Do not stop

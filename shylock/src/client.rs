@@ -8,8 +8,9 @@ use tokio::sync::mpsc;
 use crate::config::EtcdConfig;
 use crate::error::{Error, Result};
 use crate::hub::{self, Command, Sink};
-use crate::live::Live;
+use crate::live::{Live, Origin};
 use crate::load;
+use crate::startup::{ConfigOptions, Startup};
 
 /// Largest gRPC response accepted: a big prefix is also read in pages.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -92,24 +93,103 @@ impl Client {
     /// keeps it current. Fails if etcd does not answer within the startup
     /// timeout, or if its values do not make a valid `T`.
     pub async fn config<T: EtcdConfig>(&self, prefix: &str) -> Result<Live<T>> {
+        self.config_with(prefix, ConfigOptions::new()).await
+    }
+
+    /// Like [`config`](Client::config), with a startup policy of choice.
+    ///
+    /// ```no_run
+    /// # async fn run(client: shylock::Client) -> shylock::Result<()> {
+    /// # #[derive(shylock::EtcdConfig)] struct App { #[etcd(default = 80)] port: u16 }
+    /// use shylock::{ConfigOptions, Startup};
+    ///
+    /// let snapshot = Startup::LastKnownGood("/var/lib/myapp/config.snapshot".into());
+    /// let app = client
+    ///     .config_with::<App>("/myapp", ConfigOptions::new().with_startup(snapshot))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn config_with<T: EtcdConfig>(
+        &self,
+        prefix: &str,
+        options: ConfigOptions,
+    ) -> Result<Live<T>> {
         let dependencies = T::dependencies(prefix);
+        let mut attempt = 0u64;
+        let mut last_log: Option<std::time::Instant> = None;
+        let failure = loop {
+            match self.read(&dependencies).await {
+                Ok((tree, revision)) => {
+                    let origin = Origin::Etcd;
+                    return Live::start(
+                        self.clone(),
+                        prefix,
+                        dependencies,
+                        tree,
+                        revision,
+                        origin,
+                        options,
+                    );
+                }
+                Err(error @ Error::Unreachable { .. }) => {
+                    if !matches!(options.startup, Startup::Wait) {
+                        break error;
+                    }
+                    attempt += 1;
+                    if last_log.map_or(true, |t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(%error, attempt, prefix, "etcd is not answering yet; waiting");
+                        last_log = Some(std::time::Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(other) => return Err(other),
+            }
+        };
+        let (tree, revision, origin) = match &options.startup {
+            Startup::Defaults => (crate::tree::Tree::default(), 0, Origin::Defaults),
+            Startup::LastKnownGood(path) => match crate::snapshot::read(path, prefix) {
+                Ok((tree, revision)) => (tree, revision, Origin::Snapshot),
+                Err(snapshot) => {
+                    return Err(Error::NoSnapshot {
+                        etcd: Box::new(failure),
+                        snapshot,
+                    })
+                }
+            },
+            _ => return Err(failure),
+        };
+        tracing::warn!(%failure, prefix, ?origin, "starting without etcd");
+        Live::start(
+            self.clone(),
+            prefix,
+            dependencies,
+            tree,
+            revision,
+            origin,
+            options,
+        )
+    }
+
+    /// One read of every dependency, within the startup timeout.
+    async fn read(
+        &self,
+        dependencies: &[crate::config::Dependency],
+    ) -> Result<(crate::tree::Tree, i64)> {
         let mut kv = self
             .inner
             .etcd
             .kv_client()
             .max_decoding_message_size(MAX_MESSAGE);
         let timeout = self.inner.options.startup_timeout;
-        let (tree, revision) =
-            tokio::time::timeout(timeout, load::read(&mut kv, &dependencies, None))
-                .await
-                .map_err(|_| self.unreachable("timed out".to_owned()))?
-                .map_err(|e| match e {
-                    Error::Etcd { source, .. } if is_connection_error(&source) => {
-                        self.unreachable(source.to_string())
-                    }
-                    other => other,
-                })?;
-        Live::start(self.clone(), prefix, dependencies, tree, revision)
+        tokio::time::timeout(timeout, load::read(&mut kv, dependencies, None))
+            .await
+            .map_err(|_| self.unreachable("timed out".to_owned()))?
+            .map_err(|e| match e {
+                Error::Etcd { source, .. } if is_connection_error(&source) => {
+                    self.unreachable(source.to_string())
+                }
+                other => other,
+            })
     }
 
     /// Like [`config`](Client::config), under the struct's

@@ -123,6 +123,15 @@ pub enum Error {
     /// What etcd holds does not make a valid config.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// etcd did not answer at startup and the last-known-good snapshot could
+    /// not be used either.
+    #[error("{etcd}; and the last-known-good snapshot cannot be used: {snapshot}")]
+    NoSnapshot {
+        /// Why etcd could not be read.
+        etcd: Box<Error>,
+        /// Why the snapshot could not be read.
+        snapshot: crate::snapshot::SnapshotError,
+    },
     /// The background task that keeps configs current has stopped.
     #[error("the shylock watch task has stopped")]
     Closed,

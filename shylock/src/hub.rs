@@ -159,17 +159,33 @@ impl Hub {
             .with_progress_notify()
     }
 
+    /// Reads every key of the watches that started without etcd (`next` 0),
+    /// so they can watch from the revision after.
+    async fn catch_up(&mut self) -> Result<(), String> {
+        self.watches.retain(|_, w| !w.sink.is_closed());
+        for watch in self.watches.values_mut().filter(|w| w.next == 0) {
+            let mut kv = self.etcd.kv_client();
+            let (tree, revision) = load::read(&mut kv, watch.sink.dependencies(), None)
+                .await
+                .map_err(|e| e.to_string())?;
+            watch.sink.replace(tree, revision, 0);
+            watch.next = revision + 1;
+        }
+        Ok(())
+    }
+
     /// Runs one stream until it breaks or the hub is done.
     async fn serve(&mut self, backoff: &mut Duration) -> Stop {
+        if let Err(error) = self.catch_up().await {
+            return Stop::Broken(error);
+        }
         let (&first_id, first) = self.watches.iter().next().expect("a watch to serve");
-        let stream = self
-            .etcd
-            .watch_client()
-            .watch(first.start.clone(), Some(Self::options(first_id, first)))
-            .await;
-        let (mut tx, mut rx) = match stream {
-            Ok(stream) => stream.split(),
-            Err(e) => return Stop::Broken(e.to_string()),
+        let mut client = self.etcd.watch_client();
+        let open = client.watch(first.start.clone(), Some(Self::options(first_id, first)));
+        let (mut tx, mut rx) = match tokio::time::timeout(self.stall_timeout, open).await {
+            Ok(Ok(stream)) => stream.split(),
+            Ok(Err(e)) => return Stop::Broken(e.to_string()),
+            Err(_) => return Stop::Broken("opening the watch stream timed out".to_owned()),
         };
         for (&id, watch) in self.watches.iter().skip(1) {
             if let Err(e) = tx
@@ -186,10 +202,14 @@ impl Hub {
         let mut member = None;
         loop {
             let result = tokio::select! {
+                biased;
                 cmd = self.cmds.recv() => match cmd {
                     None => return Stop::Done,
                     Some(cmd) => {
                         self.add(cmd);
+                        if let Err(error) = self.catch_up().await {
+                            return Stop::Broken(error);
+                        }
                         let (&id, watch) = self.watches.iter().next_back().expect("just added");
                         tx.watch(watch.start.clone(), Some(Self::options(id, watch)))
                             .await
@@ -277,6 +297,11 @@ impl Hub {
         let Some(watch) = self.watches.get_mut(&id) else {
             return Ok(());
         };
+        if watch.sink.is_closed() {
+            // Every handle is gone: nothing may act on its behalf any more.
+            self.watches.remove(&id);
+            return tx.cancel(id).await.map_err(|e| e.to_string());
+        }
         if response.canceled() {
             if response.compact_revision() > 0 {
                 return self.resync(id, response.compact_revision(), tx).await;

@@ -41,6 +41,8 @@ mod event;
 mod hub;
 mod live;
 mod load;
+mod snapshot;
+mod startup;
 mod status;
 mod tree;
 
@@ -63,5 +65,7 @@ pub use crate::decode::{DecodeError, FromValue};
 pub use crate::error::{ConfigError, Error, Problem, ProblemKind, Result};
 pub use crate::event::{Change, Event, KeyChange};
 pub use crate::live::{Cached, Live, Snapshot};
+pub use crate::snapshot::SnapshotError;
+pub use crate::startup::{ConfigOptions, Startup};
 pub use crate::status::Status;
 pub use crate::tree::{Entry, Tree};

@@ -12,6 +12,7 @@ use crate::config::{build, Dependency, EtcdConfig};
 use crate::error::{Error, Result};
 use crate::event::{Change, Event, KeyChange};
 use crate::hub::{Connection, RawChange, Sink};
+use crate::startup::ConfigOptions;
 use crate::status::Status;
 use crate::tree::Tree;
 
@@ -105,8 +106,16 @@ impl<T: EtcdConfig> Live<T> {
         dependencies: Vec<Dependency>,
         tree: Tree,
         revision: i64,
+        origin: Origin,
+        options: ConfigOptions,
     ) -> Result<Self> {
         let value = build::<T>(&tree, prefix, revision)?;
+        let snapshot = options
+            .snapshot_path()
+            .map(|path| (path.to_owned(), options.snapshot_secrets));
+        if let (Origin::Etcd, Some((path, secrets))) = (origin, &snapshot) {
+            save_snapshot(path, prefix, revision, &tree, &dependencies, *secrets);
+        }
         let first = Arc::new(Snapshot { value, revision });
         let (notify, seen) = watch::channel(first.clone());
         let shared = Arc::new(Shared {
@@ -117,6 +126,7 @@ impl<T: EtcdConfig> Live<T> {
                 revision,
                 applied_revision: revision,
                 last_event: Some(SystemTime::now()),
+                synced: origin == Origin::Etcd,
                 ..Status::default()
             }),
             tree: Mutex::new(tree),
@@ -128,8 +138,15 @@ impl<T: EtcdConfig> Live<T> {
         let sink = LiveSink {
             shared: shared.clone(),
             pending: Vec::new(),
+            snapshot,
         };
-        client.register(Box::new(sink), revision + 1)?;
+        // A config that started without etcd is read whole once etcd answers.
+        let next = if origin == Origin::Etcd {
+            revision + 1
+        } else {
+            0
+        };
+        client.register(Box::new(sink), next)?;
         Ok(Live {
             shared,
             seen,
@@ -267,8 +284,32 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The watch side of a live config: the key copy and the rebuild.
+/// Where a config's first values came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Etcd,
+    Defaults,
+    Snapshot,
+}
+
+fn save_snapshot(
+    path: &std::path::Path,
+    prefix: &str,
+    revision: i64,
+    tree: &Tree,
+    dependencies: &[Dependency],
+    secrets: bool,
+) {
+    if let Err(error) = crate::snapshot::write(path, prefix, revision, tree, dependencies, secrets)
+    {
+        tracing::warn!(%error, "could not refresh the last-known-good snapshot");
+    }
+}
+
 struct LiveSink<T> {
     shared: Arc<Shared<T>>,
+    /// The last-known-good file and whether secrets go in it.
+    snapshot: Option<(std::path::PathBuf, bool)>,
     /// Key changes since the last accepted config, while updates are rejected.
     pending: Vec<KeyChange>,
 }
@@ -300,6 +341,11 @@ impl<T: EtcdConfig> LiveSink<T> {
                     status.last_event = Some(now);
                     status.last_error = None;
                     status.accepted_updates += 1;
+                }
+                // The file is refreshed before anyone is told of the change.
+                if let Some((path, secrets)) = &self.snapshot {
+                    let deps = &shared.dependencies;
+                    save_snapshot(path, &shared.prefix, revision, tree, deps, *secrets);
                 }
                 shared.notify.send_replace(snapshot);
                 shared.applied.send_if_modified(|r| raise(r, revision));
@@ -380,7 +426,11 @@ impl<T: EtcdConfig> Sink for LiveSink<T> {
     }
 
     fn replace(&mut self, tree: Tree, revision: i64, from: i64) {
-        lock(&self.shared.status).resyncs += 1;
+        {
+            let mut status = lock(&self.shared.status);
+            status.resyncs += u64::from(status.synced);
+            status.synced = true;
+        }
         self.publish(Event::Resynced { from, revision });
         let shared = self.shared.clone();
         let mut current = lock(&shared.tree);

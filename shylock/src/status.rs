@@ -26,6 +26,9 @@ pub struct Status {
     pub member: Option<String>,
     /// Times the watch re-read everything after a compaction.
     pub resyncs: u64,
+    /// Whether the config holds etcd's values yet: `false` while a config
+    /// started on its defaults or a snapshot waits for etcd.
+    pub synced: bool,
 }
 
 impl Status {

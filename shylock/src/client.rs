@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::auth::Auth;
 use crate::config::EtcdConfig;
 use crate::error::{Error, Result};
 use crate::hub::{self, Command, Sink};
@@ -15,12 +16,24 @@ use crate::startup::{ConfigOptions, Startup};
 /// Largest gRPC response accepted: a big prefix is also read in pages.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// How to reach etcd.
-#[derive(Clone, Debug)]
+/// How to reach etcd. `Debug` output never shows the password.
+#[derive(Clone)]
 pub struct ConnectOptions {
     endpoints: Vec<String>,
     startup_timeout: Duration,
     stall_timeout: Duration,
+    user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("endpoints", &self.endpoints)
+            .field("startup_timeout", &self.startup_timeout)
+            .field("stall_timeout", &self.stall_timeout)
+            .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConnectOptions {
@@ -31,7 +44,56 @@ impl ConnectOptions {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             startup_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(30),
+            user: None,
         }
+    }
+
+    /// Options from etcdctl's environment variables: `ETCDCTL_ENDPOINTS`
+    /// (comma-separated; default `http://127.0.0.1:2379`), `ETCDCTL_USER`
+    /// (`name:password`, or `name` with `ETCDCTL_PASSWORD`) and
+    /// `ETCDCTL_DIAL_TIMEOUT` (such as `5s`, the startup timeout).
+    pub fn from_env() -> Result<Self> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env), reading variables through `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let endpoints = var("ETCDCTL_ENDPOINTS").unwrap_or_else(|| "http://127.0.0.1:2379".into());
+        let mut options = ConnectOptions::new(
+            endpoints
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned),
+        );
+        if let Some(user) = var("ETCDCTL_USER") {
+            let (name, password) = match user.split_once(':') {
+                Some((name, password)) => (name.to_owned(), password.to_owned()),
+                None => {
+                    let password = var("ETCDCTL_PASSWORD").ok_or_else(|| Error::Option {
+                        name: "ETCDCTL_USER".into(),
+                        reason: "has no `:password` and ETCDCTL_PASSWORD is not set".into(),
+                    })?;
+                    (user, password)
+                }
+            };
+            options = options.with_user(name, password);
+        }
+        if let Some(timeout) = var("ETCDCTL_DIAL_TIMEOUT") {
+            let timeout = humantime::parse_duration(timeout.trim()).map_err(|e| Error::Option {
+                name: "ETCDCTL_DIAL_TIMEOUT".into(),
+                reason: format!("{timeout:?} is not a duration such as 5s: {e}"),
+            })?;
+            options = options.with_startup_timeout(timeout);
+        }
+        Ok(options)
+    }
+
+    /// Authenticate as this etcd user (etcd's RBAC). The token etcd hands
+    /// out is renewed whenever it expires, without dropping the watch.
+    pub fn with_user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some((name.into(), password.into()));
+        self
     }
 
     /// How long the watch stream may go without any answer from etcd (the
@@ -66,16 +128,20 @@ struct Inner {
     etcd: etcd_client::Client,
     options: ConnectOptions,
     hub: mpsc::UnboundedSender<Command>,
+    auth: Arc<Auth>,
 }
 
 impl Client {
     /// Prepares a connection. It does not wait for etcd: the first
     /// [`config`](Client::config) call does, up to the startup timeout.
     pub async fn connect(options: ConnectOptions) -> Result<Client> {
+        // Credentials are given on first use (see `authenticate`), so that a
+        // client can be made while etcd is down.
         let connect = etcd_client::ConnectOptions::new()
             .with_connect_timeout(options.startup_timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            .with_auto_token_refresh(true);
         let etcd = etcd_client::Client::connect(&options.endpoints, Some(connect))
             .await
             .map_err(|e| Error::Unreachable {
@@ -83,9 +149,15 @@ impl Client {
                 timeout: options.startup_timeout,
                 cause: e.to_string(),
             })?;
-        let hub = hub::spawn(etcd.clone(), options.stall_timeout);
+        let auth = Arc::new(Auth::new(options.user.clone()));
+        let hub = hub::spawn(etcd.clone(), options.stall_timeout, auth.clone());
         Ok(Client {
-            inner: Arc::new(Inner { etcd, options, hub }),
+            inner: Arc::new(Inner {
+                etcd,
+                options,
+                hub,
+                auth,
+            }),
         })
     }
 
@@ -170,11 +242,33 @@ impl Client {
         )
     }
 
+    /// Authenticates once, if a user is set.
+    async fn authenticate(&self) -> Result<()> {
+        let auth = &self.inner.auth;
+        auth.ensure(&self.inner.etcd).await.map_err(|source| {
+            if is_connection_error(&source) {
+                self.unreachable(source.to_string())
+            } else {
+                Error::Etcd {
+                    context: format!(
+                        "authenticating as user {:?}",
+                        auth.name().unwrap_or_default()
+                    ),
+                    source,
+                }
+            }
+        })
+    }
+
     /// One read of every dependency, within the startup timeout.
     async fn read(
         &self,
         dependencies: &[crate::config::Dependency],
     ) -> Result<(crate::tree::Tree, i64)> {
+        let timeout = self.inner.options.startup_timeout;
+        tokio::time::timeout(timeout, self.authenticate())
+            .await
+            .map_err(|_| self.unreachable("timed out".to_owned()))??;
         let mut kv = self
             .inner
             .etcd

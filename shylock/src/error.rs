@@ -132,6 +132,14 @@ pub enum Error {
         /// Why the snapshot could not be read.
         snapshot: crate::snapshot::SnapshotError,
     },
+    /// A connection option (or the environment variable it came from) is wrong.
+    #[error("{name} {reason}")]
+    Option {
+        /// The option or environment variable.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The background task that keeps configs current has stopped.
     #[error("the shylock watch task has stopped")]
     Closed,

@@ -7,7 +7,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{EventType, WatchOptions, WatchRequestSender, WatchResponse};
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
+
+use crate::auth::Auth;
 
 use crate::config::Dependency;
 use crate::load;
@@ -56,6 +60,7 @@ pub(crate) enum Command {
 pub(crate) fn spawn(
     etcd: etcd_client::Client,
     stall_timeout: Duration,
+    auth: Arc<Auth>,
 ) -> mpsc::UnboundedSender<Command> {
     let (tx, cmds) = mpsc::unbounded_channel();
     let hub = Hub {
@@ -64,6 +69,7 @@ pub(crate) fn spawn(
         watches: BTreeMap::new(),
         next_id: 1,
         stall_timeout,
+        auth,
     };
     tokio::spawn(hub.run());
     tx
@@ -84,6 +90,7 @@ struct Hub {
     next_id: i64,
     /// A stream silent for this long (progress requests unanswered) is broken.
     stall_timeout: Duration,
+    auth: Arc<Auth>,
 }
 
 enum Stop {
@@ -176,6 +183,9 @@ impl Hub {
 
     /// Runs one stream until it breaks or the hub is done.
     async fn serve(&mut self, backoff: &mut Duration) -> Stop {
+        if let Err(error) = self.auth.ensure(&self.etcd).await {
+            return Stop::Broken(format!("authentication failed: {error}"));
+        }
         if let Err(error) = self.catch_up().await {
             return Stop::Broken(error);
         }

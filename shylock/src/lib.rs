@@ -33,6 +33,7 @@
 //! The README has the full attribute reference.
 #![warn(missing_docs)]
 
+mod auth;
 mod client;
 mod config;
 mod decode;

@@ -12,6 +12,7 @@ use crate::hub::{self, Command, Sink};
 use crate::live::{Live, Origin};
 use crate::load;
 use crate::startup::{ConfigOptions, Startup};
+use crate::tls::TlsFiles;
 
 /// Largest gRPC response accepted: a big prefix is also read in pages.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -23,6 +24,7 @@ pub struct ConnectOptions {
     startup_timeout: Duration,
     stall_timeout: Duration,
     user: Option<(String, String)>,
+    tls: Option<TlsFiles>,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -32,6 +34,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("startup_timeout", &self.startup_timeout)
             .field("stall_timeout", &self.stall_timeout)
             .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -45,13 +48,15 @@ impl ConnectOptions {
             startup_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(30),
             user: None,
+            tls: None,
         }
     }
 
     /// Options from etcdctl's environment variables: `ETCDCTL_ENDPOINTS`
     /// (comma-separated; default `http://127.0.0.1:2379`), `ETCDCTL_USER`
-    /// (`name:password`, or `name` with `ETCDCTL_PASSWORD`) and
-    /// `ETCDCTL_DIAL_TIMEOUT` (such as `5s`, the startup timeout).
+    /// (`name:password`, or `name` with `ETCDCTL_PASSWORD`),
+    /// `ETCDCTL_CACERT`, `ETCDCTL_CERT` and `ETCDCTL_KEY` (PEM files for TLS)
+    /// and `ETCDCTL_DIAL_TIMEOUT` (such as `5s`, the startup timeout).
     pub fn from_env() -> Result<Self> {
         Self::from_vars(|name| std::env::var(name).ok())
     }
@@ -79,6 +84,17 @@ impl ConnectOptions {
             };
             options = options.with_user(name, password);
         }
+        let mut tls: Option<TlsFiles> = None;
+        if let Some(ca) = var("ETCDCTL_CACERT") {
+            tls.get_or_insert_with(TlsFiles::new).set_ca(ca.into());
+        }
+        if let Some(cert) = var("ETCDCTL_CERT") {
+            tls.get_or_insert_with(TlsFiles::new).set_cert(cert.into());
+        }
+        if let Some(key) = var("ETCDCTL_KEY") {
+            tls.get_or_insert_with(TlsFiles::new).set_key(key.into());
+        }
+        options.tls = tls;
         if let Some(timeout) = var("ETCDCTL_DIAL_TIMEOUT") {
             let timeout = humantime::parse_duration(timeout.trim()).map_err(|e| Error::Option {
                 name: "ETCDCTL_DIAL_TIMEOUT".into(),
@@ -87,6 +103,12 @@ impl ConnectOptions {
             options = options.with_startup_timeout(timeout);
         }
         Ok(options)
+    }
+
+    /// Connect with TLS (endpoints `https://...`), with these PEM files.
+    pub fn with_tls(mut self, tls: TlsFiles) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Authenticate as this etcd user (etcd's RBAC). The token etcd hands
@@ -137,11 +159,14 @@ impl Client {
     pub async fn connect(options: ConnectOptions) -> Result<Client> {
         // Credentials are given on first use (see `authenticate`), so that a
         // client can be made while etcd is down.
-        let connect = etcd_client::ConnectOptions::new()
+        let mut connect = etcd_client::ConnectOptions::new()
             .with_connect_timeout(options.startup_timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true)
             .with_auto_token_refresh(true);
+        if let Some(tls) = &options.tls {
+            connect = connect.with_tls(tls.load()?);
+        }
         let etcd = etcd_client::Client::connect(&options.endpoints, Some(connect))
             .await
             .map_err(|e| Error::Unreachable {
@@ -327,7 +352,10 @@ impl Client {
             .map_err(|_| Error::Closed)
     }
 
-    fn unreachable(&self, cause: String) -> Error {
+    fn unreachable(&self, mut cause: String) -> Error {
+        if self.inner.options.tls.is_some() {
+            cause.push_str(" (TLS: check the CA certificate, client certificate and key)");
+        }
         Error::Unreachable {
             endpoints: self.inner.options.endpoints.join(", "),
             timeout: self.inner.options.startup_timeout,
@@ -339,8 +367,9 @@ impl Client {
 fn is_connection_error(error: &etcd_client::Error) -> bool {
     match error {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        // gRPC codes Unknown (2), DeadlineExceeded (4) and Unavailable (14).
-        etcd_client::Error::GRpcStatus(status) => matches!(status.code() as i32, 2 | 4 | 14),
+        // gRPC codes Cancelled (1: the connection closed, as after a refused
+        // TLS handshake), Unknown (2), DeadlineExceeded (4), Unavailable (14).
+        etcd_client::Error::GRpcStatus(status) => matches!(status.code() as i32, 1 | 2 | 4 | 14),
         _ => false,
     }
 }

@@ -45,6 +45,7 @@ mod load;
 mod snapshot;
 mod startup;
 mod status;
+mod tls;
 mod tree;
 
 #[doc(hidden)]
@@ -69,4 +70,5 @@ pub use crate::live::{Cached, Live, Snapshot};
 pub use crate::snapshot::SnapshotError;
 pub use crate::startup::{ConfigOptions, Startup};
 pub use crate::status::Status;
+pub use crate::tls::TlsFiles;
 pub use crate::tree::{Entry, Tree};

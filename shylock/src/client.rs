@@ -15,7 +15,7 @@ use crate::startup::{ConfigOptions, Startup};
 use crate::tls::TlsFiles;
 
 /// Largest gRPC response accepted: a big prefix is also read in pages.
-const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// How to reach etcd. `Debug` output never shows the password.
 #[derive(Clone)]

@@ -190,7 +190,10 @@ impl Hub {
             return Stop::Broken(error);
         }
         let (&first_id, first) = self.watches.iter().next().expect("a watch to serve");
-        let mut client = self.etcd.watch_client();
+        let mut client = self
+            .etcd
+            .watch_client()
+            .max_decoding_message_size(crate::client::MAX_MESSAGE);
         let open = client.watch(first.start.clone(), Some(Self::options(first_id, first)));
         let (mut tx, mut rx) = match tokio::time::timeout(self.stall_timeout, open).await {
             Ok(Ok(stream)) => stream.split(),

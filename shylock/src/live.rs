@@ -44,6 +44,10 @@ impl<T> Deref for Snapshot<T> {
     }
 }
 
+/// Events kept for subscribers that fall behind; older ones are dropped
+/// (the subscriber sees `Lagged`) so memory stays bounded.
+const EVENT_BUFFER: usize = 16;
+
 type Callback<T> = Box<dyn Fn(&Event, &Snapshot<T>) + Send + Sync>;
 
 /// What every handle of one live config shares with its watch.
@@ -132,7 +136,7 @@ impl<T: EtcdConfig> Live<T> {
             tree: Mutex::new(tree),
             notify,
             applied: watch::channel(revision).0,
-            events: broadcast::channel(256).0,
+            events: broadcast::channel(EVENT_BUFFER).0,
             callbacks: Mutex::new(Vec::new()),
         });
         let sink = LiveSink {

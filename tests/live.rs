@@ -32,6 +32,14 @@ struct Service {
     token: String,
 }
 
+fn key_change(key: String, old: &str, new: &str) -> KeyChange {
+    KeyChange {
+        key,
+        old: Some(old.into()),
+        new: Some(new.into()),
+    }
+}
+
 async fn service(p: &str) -> (shylock::Live<Service>, etcd_client::Client) {
     init_logs();
     let server = shared_server();
@@ -232,16 +240,8 @@ async fn bad_values_are_rejected_and_the_last_good_config_serves() {
     assert_eq!(
         change.keys,
         [
-            KeyChange {
-                key: format!("{p}/port"),
-                old: Some("8080".into()),
-                new: Some("7070".into())
-            },
-            KeyChange {
-                key: format!("{p}/token"),
-                old: Some("<redacted>".into()),
-                new: Some("<redacted>".into())
-            },
+            key_change(format!("{p}/port"), "8080", "7070"),
+            key_change(format!("{p}/token"), "<redacted>", "<redacted>"),
         ]
     );
 }
@@ -274,22 +274,11 @@ async fn change_events_name_keys_with_old_and_new_values_after_the_swap() {
     let seen = seen.lock().unwrap();
     assert_eq!(
         seen[0],
-        (
-            vec![KeyChange {
-                key: format!("{p}/port"),
-                old: Some("8080".into()),
-                new: Some("8081".into())
-            }],
-            8081
-        )
+        (vec![key_change(format!("{p}/port"), "8080", "8081")], 8081)
     );
     assert_eq!(
         seen[1].0,
-        [KeyChange {
-            key: format!("{p}/token"),
-            old: Some("<redacted>".into()),
-            new: Some("<redacted>".into())
-        }]
+        [key_change(format!("{p}/token"), "<redacted>", "<redacted>")]
     );
 }
 

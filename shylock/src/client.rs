@@ -212,22 +212,31 @@ impl Client {
         options: ConfigOptions,
     ) -> Result<Live<T>> {
         let dependencies = T::dependencies(prefix);
+        let (tree, revision, origin) = self.starting_point(&dependencies, prefix, &options).await?;
+        Live::start(
+            self.clone(),
+            prefix,
+            dependencies,
+            tree,
+            revision,
+            origin,
+            options,
+        )
+    }
+
+    /// The first keys of a config: etcd's, or per the startup policy the
+    /// defaults' or the snapshot file's when etcd does not answer.
+    async fn starting_point(
+        &self,
+        dependencies: &[crate::config::Dependency],
+        prefix: &str,
+        options: &ConfigOptions,
+    ) -> Result<(crate::tree::Tree, i64, Origin)> {
         let mut attempt = 0u64;
         let mut last_log: Option<std::time::Instant> = None;
         let failure = loop {
-            match self.read(&dependencies).await {
-                Ok((tree, revision)) => {
-                    let origin = Origin::Etcd;
-                    return Live::start(
-                        self.clone(),
-                        prefix,
-                        dependencies,
-                        tree,
-                        revision,
-                        origin,
-                        options,
-                    );
-                }
+            match self.read(dependencies).await {
+                Ok((tree, revision)) => return Ok((tree, revision, Origin::Etcd)),
                 Err(error @ Error::Unreachable { .. }) => {
                     if !matches!(options.startup, Startup::Wait) {
                         break error;
@@ -242,29 +251,19 @@ impl Client {
                 Err(other) => return Err(other),
             }
         };
-        let (tree, revision, origin) = match &options.startup {
+        let start = match &options.startup {
             Startup::Defaults => (crate::tree::Tree::default(), 0, Origin::Defaults),
             Startup::LastKnownGood(path) => match crate::snapshot::read(path, prefix) {
                 Ok((tree, revision)) => (tree, revision, Origin::Snapshot),
                 Err(snapshot) => {
-                    return Err(Error::NoSnapshot {
-                        etcd: Box::new(failure),
-                        snapshot,
-                    })
+                    let etcd = Box::new(failure);
+                    return Err(Error::NoSnapshot { etcd, snapshot });
                 }
             },
             _ => return Err(failure),
         };
-        tracing::warn!(%failure, prefix, ?origin, "starting without etcd");
-        Live::start(
-            self.clone(),
-            prefix,
-            dependencies,
-            tree,
-            revision,
-            origin,
-            options,
-        )
+        tracing::warn!(%failure, prefix, origin = ?start.2, "starting without etcd");
+        Ok(start)
     }
 
     /// Authenticates once, if a user is set.

@@ -64,7 +64,7 @@ async fn compaction_while_cut_off_resyncs_everything() {
 
     let resynced = tokio::time::timeout(DEADLINE, async {
         loop {
-            if let Event::Resynced { from, revision } = events.recv().await.unwrap() {
+            if let Event::Resynced { from, revision } = next_event(&mut events).await {
                 return (from, revision);
             }
         }
@@ -72,7 +72,7 @@ async fn compaction_while_cut_off_resyncs_everything() {
     .await
     .expect("a resync event");
     assert!(resynced.0 <= last && resynced.1 >= last, "{resynced:?}");
-    let Event::Changed(change) = events.recv().await.unwrap() else {
+    let Event::Changed(change) = next_event(&mut events).await else {
         panic!("the difference follows")
     };
     let mut keys: Vec<&str> = change.keys.iter().map(|k| k.key.as_str()).collect();
@@ -169,7 +169,7 @@ async fn killing_the_member_in_use_moves_to_another() {
     cluster.member(index).kill();
     let last = writer.await.unwrap();
 
-    let config = live.wait_for_revision(last).await.unwrap();
+    let config = applied(&live, last).await;
     assert_eq!(config.a, 60);
     assert_eq!(config.hosts.len(), 12);
     let status = live.status();
@@ -194,10 +194,7 @@ async fn wait_for_revision_covers_writes_inside_and_outside_the_config() {
     let live = client.config::<Conf>(&p).await.unwrap();
 
     let inside = put(&mut etcd, &format!("{p}/a"), "2").await;
-    let config = tokio::time::timeout(DEADLINE, live.wait_for_revision(inside))
-        .await
-        .unwrap()
-        .unwrap();
+    let config = applied(&live, inside).await;
     assert_eq!(
         (config.a, config.revision()),
         (2, inside),
@@ -205,9 +202,6 @@ async fn wait_for_revision_covers_writes_inside_and_outside_the_config() {
     );
 
     let outside = put(&mut etcd, &format!("{p}-elsewhere/x"), "1").await;
-    tokio::time::timeout(DEADLINE, live.wait_for_revision(outside))
-        .await
-        .unwrap()
-        .unwrap();
+    applied(&live, outside).await;
     assert!(live.status().applied_revision >= outside);
 }

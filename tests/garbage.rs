@@ -55,7 +55,7 @@ async fn garbage_values_are_clear_errors_and_big_updates_stay_bounded() {
 
     // Invalid UTF-8 and binary values: rejected with the key named.
     put(&mut etcd, "/g/blob", vec![0xff, 0xfe, 0x00, 0x80]).await;
-    let Event::Rejected(error) = events.recv().await.unwrap() else {
+    let Event::Rejected(error) = next_event(&mut events).await else {
         panic!("binary text accepted")
     };
     let text = error.to_string();
@@ -64,23 +64,23 @@ async fn garbage_values_are_clear_errors_and_big_updates_stay_bounded() {
         "{text}"
     );
     put(&mut etcd, "/g/count", vec![0x00, 0x01]).await;
-    let Event::Rejected(error) = events.recv().await.unwrap() else {
+    let Event::Rejected(error) = next_event(&mut events).await else {
         panic!("binary number accepted")
     };
     assert!(error.to_string().contains("/g/count"), "{error}");
     delete(&mut etcd, "/g/count").await;
-    events.recv().await.unwrap();
+    next_event(&mut events).await;
 
     // A 1 MiB value.
     let big = "v".repeat(1024 * 1024);
     let rev = put(&mut etcd, "/g/blob", big.as_str()).await;
-    let config = live.wait_for_revision(rev).await.unwrap();
+    let config = applied(&live, rev).await;
     assert_eq!(config.blob.len(), big.len());
 
     // Thousands of keys in one transaction: one update.
     let mut events = live.events();
     let rev = bulk_update(&mut etcd, 0).await;
-    let Event::Changed(change) = events.recv().await.unwrap() else {
+    let Event::Changed(change) = next_event(&mut events).await else {
         panic!("bulk update rejected")
     };
     assert_eq!((change.revision, change.keys.len()), (rev, KEYS));
@@ -94,7 +94,7 @@ async fn garbage_values_are_clear_errors_and_big_updates_stay_bounded() {
     let mut at = Vec::new();
     for round in 1..=48 {
         let rev = bulk_update(&mut etcd, round).await;
-        live.wait_for_revision(rev).await.unwrap();
+        applied(&live, rev).await;
         if round % 8 == 0 {
             at.push((round, resident_bytes().saturating_sub(start) / 1024));
         }

@@ -150,17 +150,17 @@ async fn a_transaction_is_one_update() {
     ]);
     let revision = etcd.txn(txn).await.unwrap().header().unwrap().revision();
 
-    let event = tokio::time::timeout(DEADLINE, events.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let event = next_event(&mut events).await;
     let Event::Changed(change) = event else {
         panic!("expected a change, got {event:?}")
     };
     assert_eq!(change.revision, revision);
     let keys: Vec<&str> = change.keys.iter().map(|k| k.key.as_str()).collect();
     assert_eq!(keys.len(), 3, "three keys in one event: {keys:?}");
-    snapshots.changed().await.unwrap();
+    tokio::time::timeout(DEADLINE, snapshots.changed())
+        .await
+        .unwrap()
+        .unwrap();
     let seen = snapshots.borrow_and_update().clone();
     assert_eq!(
         (seen.port, seen.name.as_deref(), seen.revision()),
@@ -180,10 +180,7 @@ async fn bad_values_are_rejected_and_the_last_good_config_serves() {
     let good = live.load().revision();
 
     put(&mut etcd, &format!("{p}/port"), "not-a-port").await;
-    let event = tokio::time::timeout(DEADLINE, events.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let event = next_event(&mut events).await;
     let Event::Rejected(error) = event else {
         panic!("expected a rejection, got {event:?}")
     };
@@ -196,10 +193,7 @@ async fn bad_values_are_rejected_and_the_last_good_config_serves() {
     assert!(!status.is_current());
 
     delete(&mut etcd, &format!("{p}/port")).await;
-    let event = tokio::time::timeout(DEADLINE, events.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let event = next_event(&mut events).await;
     let Event::Rejected(error) = event else {
         panic!("expected a rejection, got {event:?}")
     };
@@ -211,24 +205,15 @@ async fn bad_values_are_rejected_and_the_last_good_config_serves() {
     );
 
     put(&mut etcd, &format!("{p}/token"), vec![0xff]).await;
-    let event = tokio::time::timeout(DEADLINE, events.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let event = next_event(&mut events).await;
     assert!(matches!(event, Event::Rejected(_)));
     assert!(!format!("{event:?}").contains("first-secret"));
 
     put(&mut etcd, &format!("{p}/token"), "ok").await;
-    let event = tokio::time::timeout(DEADLINE, events.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let event = next_event(&mut events).await;
     assert!(matches!(event, Event::Rejected(_)), "port is still missing");
     put(&mut etcd, &format!("{p}/port"), "7070").await;
-    let event = tokio::time::timeout(DEADLINE, events.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let event = next_event(&mut events).await;
     let Event::Changed(change) = event else {
         panic!("expected recovery, got {event:?}")
     };

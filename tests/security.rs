@@ -110,7 +110,7 @@ async fn a_watch_outlives_its_token_and_etcd_restarts() {
     // Outlive the 1 s token: this sleep is the scenario, not a wait.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rev = put(&mut root, "/app/port", "1").await;
-    live.wait_for_revision(rev).await.unwrap();
+    applied(&live, rev).await;
     assert_eq!(live.load().port, 1);
     let second = client
         .config::<App>("/app")

@@ -78,10 +78,7 @@ async fn defaults_serve_until_etcd_answers() {
     put(&mut etcd, "/d/name", "from-etcd").await;
     wait_config(&live, "switch to etcd", |c| c.name == "from-etcd").await;
     assert!(live.status().synced);
-    let first = tokio::time::timeout(DEADLINE, events.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let first = next_event(&mut events).await;
     assert!(
         matches!(first, Event::Resynced { from: 0, .. }),
         "{first:?}"
@@ -122,7 +119,7 @@ async fn last_known_good_snapshot_starts_a_config_without_etcd() {
         assert_eq!(mode, 0o600);
 
         let rev = put(&mut etcd, "/l/name", "refreshed").await;
-        live.wait_for_revision(rev).await.unwrap();
+        applied(&live, rev).await;
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
             text.contains("refreshed"),
@@ -146,7 +143,7 @@ async fn last_known_good_snapshot_starts_a_config_without_etcd() {
     server.restart();
     let mut etcd = shylock_e2e::etcd(&[server.endpoint()]).await;
     let rev = put(&mut etcd, "/l/level", "4").await;
-    let now = live.wait_for_revision(rev).await.unwrap();
+    let now = applied(&live, rev).await;
     assert_eq!(
         (now.level, now.token.as_str()),
         (4, "top-secret-value"),
@@ -161,7 +158,7 @@ async fn last_known_good_snapshot_starts_a_config_without_etcd() {
     );
     std::fs::write(&path, &newer).unwrap();
     let rev = put(&mut etcd, "/l/level", "5").await;
-    live.wait_for_revision(rev).await.unwrap();
+    applied(&live, rev).await;
     assert_eq!(std::fs::read_to_string(&path).unwrap(), newer);
 }
 

@@ -69,6 +69,28 @@ where
     }
 }
 
+/// The next event of a config, or the test fails after the deadline.
+pub async fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<shylock::Event>,
+) -> shylock::Event {
+    tokio::time::timeout(DEADLINE, events.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no event within {DEADLINE:?}"))
+        .expect("the event channel is open")
+}
+
+/// Waits until the config has applied every change up to `revision`, or
+/// fails the test after the deadline.
+pub async fn applied<T>(
+    live: &shylock::Live<T>,
+    revision: i64,
+) -> std::sync::Arc<shylock::Snapshot<T>> {
+    tokio::time::timeout(DEADLINE, live.wait_for_revision(revision))
+        .await
+        .unwrap_or_else(|_| panic!("revision {revision} not applied within {DEADLINE:?}"))
+        .expect("wait_for_revision")
+}
+
 /// Waits until the live config satisfies `check`.
 pub async fn wait_config<T>(live: &shylock::Live<T>, what: &str, check: impl Fn(&T) -> bool) {
     wait_for(what, || {

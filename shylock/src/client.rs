@@ -285,7 +285,7 @@ impl Client {
     }
 
     /// One read of every dependency, within the startup timeout.
-    async fn read(
+    pub(crate) async fn read(
         &self,
         dependencies: &[crate::config::Dependency],
     ) -> Result<(crate::tree::Tree, i64)> {

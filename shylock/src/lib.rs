@@ -47,6 +47,7 @@ mod startup;
 mod status;
 mod tls;
 mod tree;
+mod watch_tree;
 
 #[doc(hidden)]
 pub mod __private;
@@ -72,3 +73,4 @@ pub use crate::startup::{ConfigOptions, Startup};
 pub use crate::status::Status;
 pub use crate::tls::TlsFiles;
 pub use crate::tree::{Entry, Tree};
+pub use crate::watch_tree::{TreeEvent, TreeWatch};

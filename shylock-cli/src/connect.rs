@@ -1,0 +1,213 @@
+//! Connection options shared by every subcommand, named as etcdctl names
+//! them. Precedence: flags, then `SHYLOCK_*` variables, then etcdctl's
+//! `ETCDCTL_*` (and `ETC_HOSTS`, from the Go tool this project is named
+//! after), then the TOML config file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use shylock::ConnectOptions;
+
+use crate::exit::{msg, Error};
+
+/// The config file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG: &str = "/etc/shylock/shylock.toml";
+
+#[derive(Debug, Default, clap::Args)]
+pub struct ConnectArgs {
+    /// etcd endpoints, comma-separated [env: SHYLOCK_ENDPOINTS, ETCDCTL_ENDPOINTS,
+    /// ETC_HOSTS] [default: http://127.0.0.1:2379]
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+
+    /// CA certificate (PEM) to verify etcd with [env: SHYLOCK_CACERT, ETCDCTL_CACERT]
+    #[arg(long, global = true)]
+    pub cacert: Option<PathBuf>,
+
+    /// Client certificate (PEM) [env: SHYLOCK_CERT, ETCDCTL_CERT]
+    #[arg(long, global = true)]
+    pub cert: Option<PathBuf>,
+
+    /// Client key (PEM) [env: SHYLOCK_KEY, ETCDCTL_KEY]
+    #[arg(long, global = true)]
+    pub key: Option<PathBuf>,
+
+    /// etcd user, as `name` or `name:password` [env: SHYLOCK_USER, ETCDCTL_USER]
+    #[arg(long, global = true)]
+    pub user: Option<String>,
+
+    /// Password of --user [env: SHYLOCK_PASSWORD, ETCDCTL_PASSWORD]
+    #[arg(long, global = true, hide_env_values = true)]
+    pub password: Option<String>,
+
+    /// How long to wait for etcd at start, such as 5s [env: SHYLOCK_DIAL_TIMEOUT,
+    /// ETCDCTL_DIAL_TIMEOUT] [default: 5s]
+    #[arg(long, global = true)]
+    pub dial_timeout: Option<String>,
+
+    /// TOML file with any of the options above [default: /etc/shylock/shylock.toml
+    /// if present]
+    #[arg(long, global = true, env = "SHYLOCK_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The config file: the same options, by their flag names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ConfigFile {
+    endpoints: Option<Vec<String>>,
+    cacert: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    user: Option<String>,
+    password: Option<String>,
+    dial_timeout: Option<String>,
+}
+
+impl ConnectArgs {
+    /// The resolved options, from flags, environment and config file.
+    pub fn options(&self) -> Result<ConnectOptions, Error> {
+        self.options_with(|name| std::env::var(name).ok())
+    }
+
+    fn options_with(&self, env: impl Fn(&str) -> Option<String>) -> Result<ConnectOptions, Error> {
+        let file = self.config_file()?;
+        let pick = |flag: Option<String>, name: &str, file: Option<String>| {
+            flag.or_else(|| env(&format!("SHYLOCK_{name}")))
+                .or_else(|| env(&format!("ETCDCTL_{name}")))
+                .or_else(|| (name == "ENDPOINTS").then(|| env("ETC_HOSTS")).flatten())
+                .or(file)
+        };
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let endpoints = (!self.endpoints.is_empty()).then(|| self.endpoints.join(","));
+        let values = [
+            (
+                "ETCDCTL_ENDPOINTS",
+                pick(endpoints, "ENDPOINTS", file.endpoints.map(|e| e.join(","))),
+            ),
+            ("ETCDCTL_USER", pick(self.user.clone(), "USER", file.user)),
+            (
+                "ETCDCTL_PASSWORD",
+                pick(self.password.clone(), "PASSWORD", file.password),
+            ),
+            (
+                "ETCDCTL_DIAL_TIMEOUT",
+                pick(self.dial_timeout.clone(), "DIAL_TIMEOUT", file.dial_timeout),
+            ),
+            (
+                "ETCDCTL_CACERT",
+                pick(path(&self.cacert), "CACERT", path(&file.cacert)),
+            ),
+            (
+                "ETCDCTL_CERT",
+                pick(path(&self.cert), "CERT", path(&file.cert)),
+            ),
+            ("ETCDCTL_KEY", pick(path(&self.key), "KEY", path(&file.key))),
+        ];
+        let options = ConnectOptions::from_vars(|name| {
+            values
+                .iter()
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, v)| v.clone())
+        })?;
+        Ok(options)
+    }
+
+    fn config_file(&self) -> Result<ConfigFile, Error> {
+        let (path, required) = match &self.config {
+            Some(path) => (path.as_path(), true),
+            None => (Path::new(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(ConfigFile::default())
+            }
+            Err(e) => {
+                return Err(msg(format!(
+                    "cannot read config file {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        toml::from_str(&text).map_err(|e| msg(format!("config file {}: {e}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn flags_beat_shylock_vars_beat_etcdctl_vars_beat_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shylock.toml");
+        std::fs::write(
+            &file,
+            "endpoints = [\"http://file:2379\"]\ndial-timeout = \"9s\"\n",
+        )
+        .unwrap();
+        let mut args = ConnectArgs {
+            config: Some(file),
+            ..ConnectArgs::default()
+        };
+        let from_file = args.options_with(env(&[])).unwrap();
+        assert_eq!(from_file.endpoints(), ["http://file:2379"]);
+        let etc_hosts = args
+            .options_with(env(&[("ETC_HOSTS", "http://legacy:2379")]))
+            .unwrap();
+        assert_eq!(etc_hosts.endpoints(), ["http://legacy:2379"]);
+        let etcdctl = args
+            .options_with(env(&[
+                ("ETCDCTL_ENDPOINTS", "http://e:2379"),
+                ("ETC_HOSTS", "http://legacy:2379"),
+            ]))
+            .unwrap();
+        assert_eq!(etcdctl.endpoints(), ["http://e:2379"]);
+        let shylock = args
+            .options_with(env(&[
+                ("SHYLOCK_ENDPOINTS", "http://s:2379"),
+                ("ETCDCTL_ENDPOINTS", "http://e:2379"),
+            ]))
+            .unwrap();
+        assert_eq!(shylock.endpoints(), ["http://s:2379"]);
+        args.endpoints = vec!["http://flag:2379".into(), "http://flag2:2379".into()];
+        let flag = args
+            .options_with(env(&[("SHYLOCK_ENDPOINTS", "http://s:2379")]))
+            .unwrap();
+        assert_eq!(flag.endpoints(), ["http://flag:2379", "http://flag2:2379"]);
+    }
+
+    #[test]
+    fn config_file_mistakes_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shylock.toml");
+        std::fs::write(&file, "endpoint = [\"x\"]\n").unwrap();
+        let args = ConnectArgs {
+            config: Some(file.clone()),
+            ..ConnectArgs::default()
+        };
+        let error = args.options_with(env(&[])).unwrap_err().to_string();
+        assert!(
+            error.contains(&file.display().to_string()) && error.contains("endpoint"),
+            "{error}"
+        );
+        let missing = ConnectArgs {
+            config: Some(dir.path().join("nope.toml")),
+            ..ConnectArgs::default()
+        };
+        assert!(missing
+            .options_with(env(&[]))
+            .unwrap_err()
+            .to_string()
+            .contains("nope.toml"));
+    }
+}

@@ -1,0 +1,30 @@
+//! `shylock`: etcd keys for programs that are not written in Rust.
+
+mod cli;
+mod connect;
+mod exit;
+mod mount;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHYLOCK_LOG")
+                .unwrap_or_else(|_| "shylock=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return exit::report(&error.into()),
+    };
+    match runtime.block_on(cli.run()) {
+        Ok(()) => exit::SUCCESS,
+        Err(error) => exit::report(&error),
+    }
+}

@@ -1,0 +1,112 @@
+//! Applies watch events to the view, then tells the kernel which cached
+//! entries, attributes and pages are stale. Runs on the watch task: never
+//! inside a FUSE handler, and never while holding the view's lock.
+
+use std::ffi::OsString;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+
+use fuser::{INodeNo, Notifier};
+use shylock::TreeEvent;
+
+use super::names::{self, VALUE_FILE};
+use super::view::{ancestors, Node, View};
+
+pub struct Handler {
+    view: Arc<RwLock<View>>,
+    notifier: Arc<OnceLock<Notifier>>,
+    base: String,
+}
+
+/// What the kernel must forget.
+#[derive(Default)]
+struct Stale {
+    entries: Vec<(u64, OsString)>,
+    inodes: Vec<u64>,
+}
+
+impl Handler {
+    pub fn new(view: Arc<RwLock<View>>, notifier: Arc<OnceLock<Notifier>>, base: String) -> Self {
+        Handler {
+            view,
+            notifier,
+            base,
+        }
+    }
+
+    fn relative<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.base)?.strip_prefix('/')
+    }
+
+    pub fn handle(&self, event: TreeEvent<'_>) {
+        let mut stale = Stale::default();
+        {
+            let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
+            match event {
+                TreeEvent::Changed { changes, .. } => {
+                    for (key, value, revision) in changes {
+                        let Some(key) = self.relative(key) else {
+                            continue;
+                        };
+                        view.set(key, value.clone().map(|v| (v, *revision)));
+                        stale.add(&view, key);
+                    }
+                }
+                TreeEvent::Replaced { tree, .. } => {
+                    let keys = tree.iter().filter_map(|(key, entry)| {
+                        let relative = self.relative(key)?;
+                        Some((relative.to_owned(), entry.value.clone(), entry.mod_revision))
+                    });
+                    for key in view.replace(keys.collect::<Vec<_>>()) {
+                        stale.add(&view, &key);
+                    }
+                }
+                TreeEvent::Connection(Some(error)) => {
+                    tracing::warn!(%error, "etcd connection lost; serving the last known tree");
+                }
+                TreeEvent::Connection(None) => tracing::info!("etcd connection up"),
+                _ => {}
+            }
+        }
+        if let Some(notifier) = self.notifier.get() {
+            stale.send(notifier);
+        }
+    }
+}
+
+impl Stale {
+    /// Everything a change of `key` can make stale: its file's pages and
+    /// attributes, and the entries of every directory above it (a directory
+    /// can appear, vanish, or turn from a file into a directory).
+    fn add(&mut self, view: &View, key: &str) {
+        if let Some(ino) = view.known_ino(&Node::File(key.to_owned())) {
+            self.inodes.push(ino);
+        }
+        if let Some(ino) = view.known_ino(&Node::Dir(format!("{key}/"))) {
+            self.entries.push((ino, VALUE_FILE.into()));
+        }
+        let full = format!("{key}/");
+        let mut parents = ancestors(&full).peekable();
+        while let Some(dir) = parents.next() {
+            let Some(ino) = view.known_ino(&Node::Dir(dir.to_owned())) else {
+                continue;
+            };
+            let rest = &full[dir.len()..];
+            let segment = rest.split('/').next().unwrap_or_default();
+            self.entries.push((ino, names::encode(segment.as_bytes())));
+            let _ = parents.peek();
+        }
+    }
+
+    fn send(self, notifier: &Notifier) {
+        for ino in self.inodes {
+            if let Err(error) = notifier.inval_inode(INodeNo(ino), 0, 0) {
+                tracing::debug!(ino, %error, "inval_inode");
+            }
+        }
+        for (parent, name) in self.entries {
+            if let Err(error) = notifier.inval_entry(INodeNo(parent), &name) {
+                tracing::debug!(parent, ?name, %error, "inval_entry");
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! `shylock mount`: the keys under a prefix as a live FUSE filesystem.
+
+mod fs;
+mod invalidate;
+mod names;
+mod view;
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use fuser::{Config, MountOption, SessionACL};
+use shylock::TreeEvent;
+
+use crate::cli::MountArgs;
+use crate::connect::ConnectArgs;
+use crate::exit::{msg, Error};
+use view::{Owner, View};
+
+pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
+    let read_only = args.read_only || env_true("SHYLOCK_READ_ONLY") || env_true("ETC_READ_ONLY");
+    check_fuse()?;
+    prepare_mountpoint(&args.mountpoint)?;
+
+    let options = connect.options()?;
+    let client = shylock::Client::connect(options).await?;
+    let base = args.prefix.trim_end_matches('/').to_owned();
+    let view: Arc<RwLock<View>> = Arc::new(RwLock::new(View::default()));
+    let notifier: Arc<OnceLock<fuser::Notifier>> = Arc::default();
+    let handler = invalidate::Handler::new(view.clone(), notifier.clone(), base.clone());
+    let (tree, revision, watch) = client
+        .watch_tree(&base, move |event: TreeEvent<'_>| handler.handle(event))
+        .await?;
+    let keys = tree.iter().filter_map(|(key, entry)| {
+        let relative = key.strip_prefix(&base)?.strip_prefix('/')?;
+        Some((relative.to_owned(), entry.value.clone(), entry.mod_revision))
+    });
+    *view
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = View::new(keys);
+    tracing::info!(keys = tree.len(), revision, prefix = %args.prefix, mountpoint = %args.mountpoint.display(), "mounting");
+
+    let owner = Owner {
+        uid: args.uid.unwrap_or_else(|| unsafe { libc::getuid() }),
+        gid: args.gid.unwrap_or_else(|| unsafe { libc::getgid() }),
+        read_only,
+    };
+    let filesystem = fs::EtcdFs::new(
+        view,
+        client.etcd(),
+        tokio::runtime::Handle::current(),
+        base,
+        owner,
+        args.conflicts,
+    );
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("shylock:{}", args.prefix)),
+        MountOption::Subtype("shylock".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if read_only {
+        config.mount_options.push(MountOption::RO);
+    }
+    if args.allow_other {
+        // fuser passes allow_other to the kernel for this ACL.
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(4);
+    let mountpoint = args.mountpoint.clone();
+    let session =
+        tokio::task::spawn_blocking(move || fuser::Session::new(filesystem, &mountpoint, &config))
+            .await?
+            .map_err(|e| {
+                msg(format!(
+                    "cannot mount on {}: {e}",
+                    args.mountpoint.display()
+                ))
+            })?;
+    let _ = notifier.set(session.notifier());
+    let background = session.spawn()?;
+    println!(
+        "shylock: mounted {} on {}",
+        args.prefix,
+        args.mountpoint.display()
+    );
+
+    wait_for_signal().await?;
+    tracing::info!("unmounting {}", args.mountpoint.display());
+    drop(watch);
+    tokio::task::spawn_blocking(move || background.umount_and_join())
+        .await?
+        .map_err(|e| {
+            msg(format!(
+                "unmount of {} failed: {e}",
+                args.mountpoint.display()
+            ))
+        })?;
+    Ok(())
+}
+
+fn env_true(name: &str) -> bool {
+    std::env::var(name)
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+fn check_fuse() -> Result<(), Error> {
+    if Path::new("/dev/fuse").exists() {
+        Ok(())
+    } else {
+        Err(msg(
+            "FUSE is not available: /dev/fuse is missing. Load the fuse module (modprobe fuse), \
+             or run the container with --device /dev/fuse; without FUSE, use `shylock sync`.",
+        ))
+    }
+}
+
+/// Checks the mountpoint; cleans a stale mount left by a killed shylock.
+fn prepare_mountpoint(mountpoint: &Path) -> Result<(), Error> {
+    match std::fs::metadata(mountpoint) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(msg(format!(
+            "mountpoint {} is not a directory",
+            mountpoint.display()
+        ))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(mountpoint = %mountpoint.display(), "cleaning a stale mount left by a killed process");
+            lazy_unmount(mountpoint)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(msg(format!(
+            "mountpoint {} does not exist; create it with mkdir",
+            mountpoint.display()
+        ))),
+        Err(e) => Err(msg(format!("mountpoint {}: {e}", mountpoint.display()))),
+    }
+}
+
+fn lazy_unmount(mountpoint: &Path) -> Result<(), Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
+    // SAFETY: a valid C string; umount2 does not keep it.
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let status = std::process::Command::new("fusermount3")
+        .arg("-uz")
+        .arg(mountpoint)
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(msg(format!(
+            "{} holds a stale mount that could not be removed; run `fusermount3 -uz {}`",
+            mountpoint.display(),
+            mountpoint.display()
+        ))),
+    }
+}
+
+async fn wait_for_signal() -> Result<(), Error> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Following every key under a prefix as raw bytes, for programs that need
+//! the keys themselves rather than a typed struct (the `shylock` CLI's mount
+//! and file writer). Resume, resync and stall handling are the hub's, as for
+//! typed configs.
+
+use std::sync::{Arc, Mutex};
+
+use crate::client::Client;
+use crate::config::{Dependency, DependencyKind};
+use crate::error::Result;
+use crate::hub::{Connection, RawChange, Sink};
+use crate::tree::Tree;
+
+/// What a [`Client::watch_tree`] handler is told, on the watch task.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TreeEvent<'a> {
+    /// The keys of one watch response, all at once (`None`: deleted).
+    Changed {
+        /// The revision of the last change.
+        revision: i64,
+        /// Each changed key with its new value and revision.
+        changes: &'a [(String, Option<Vec<u8>>, i64)],
+    },
+    /// Everything was re-read at `revision` (after a compaction): the
+    /// handler should replace its copy with `tree`.
+    Replaced {
+        /// The revision of the read.
+        revision: i64,
+        /// Every key under the prefix.
+        tree: &'a Tree,
+    },
+    /// The watch stream broke (with the reason) or works again (`None`).
+    Connection(Option<&'a str>),
+}
+
+/// Keeps a [`Client::watch_tree`] watch alive; dropping it ends the watch.
+pub struct TreeWatch {
+    _alive: Arc<()>,
+    _client: Client,
+}
+
+type Handler = Box<dyn FnMut(TreeEvent<'_>) + Send>;
+
+struct TreeSink {
+    dependencies: Vec<Dependency>,
+    handler: Mutex<Handler>,
+    alive: std::sync::Weak<()>,
+}
+
+impl TreeSink {
+    fn call(&self, event: TreeEvent<'_>) {
+        let mut handler = self
+            .handler
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let run = std::panic::AssertUnwindSafe(|| handler(event));
+        if std::panic::catch_unwind(run).is_err() {
+            tracing::error!("a watch_tree handler panicked; the watch goes on");
+        }
+    }
+}
+
+impl Sink for TreeSink {
+    fn dependencies(&self) -> &[Dependency] {
+        &self.dependencies
+    }
+
+    fn apply(&mut self, revision: i64, changes: Vec<RawChange>) {
+        let changes: Vec<(String, Option<Vec<u8>>, i64)> = changes
+            .into_iter()
+            .map(|c| (c.key, c.value, c.mod_revision))
+            .collect();
+        self.call(TreeEvent::Changed {
+            revision,
+            changes: &changes,
+        });
+    }
+
+    fn replace(&mut self, tree: Tree, revision: i64, _from: i64) {
+        self.call(TreeEvent::Replaced {
+            revision,
+            tree: &tree,
+        });
+    }
+
+    fn progress(&mut self, _revision: i64) {}
+
+    fn alive(&mut self) {}
+
+    fn connection(&mut self, state: Connection) {
+        match state {
+            Connection::Up(_) => self.call(TreeEvent::Connection(None)),
+            Connection::Down(error) => self.call(TreeEvent::Connection(Some(&error))),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.alive.strong_count() == 0
+    }
+}
+
+impl Client {
+    /// Reads every key under `prefix` at one revision (within the startup
+    /// timeout), returns them with that revision, and then calls `handler`
+    /// on the watch task for every later change, resync and connection
+    /// change. Keep the returned [`TreeWatch`] as long as the watch should
+    /// run. `handler` must be quick; it must not block on the caller.
+    pub async fn watch_tree(
+        &self,
+        prefix: &str,
+        handler: impl FnMut(TreeEvent<'_>) + Send + 'static,
+    ) -> Result<(Tree, i64, TreeWatch)> {
+        let dependencies = vec![Dependency {
+            key: format!("{}/", prefix.trim_end_matches('/')),
+            kind: DependencyKind::Prefix,
+            secret: false,
+            required: false,
+        }];
+        let (tree, revision) = self.read(&dependencies).await?;
+        let alive = Arc::new(());
+        let sink = TreeSink {
+            dependencies,
+            handler: Mutex::new(Box::new(handler)),
+            alive: Arc::downgrade(&alive),
+        };
+        self.register(Box::new(sink), revision + 1)?;
+        Ok((
+            tree,
+            revision,
+            TreeWatch {
+                _alive: alive,
+                _client: self.clone(),
+            },
+        ))
+    }
+}

@@ -278,19 +278,19 @@ impl EtcdFs {
         }
         if let (Some(size), Node::File(key)) = (size, &node) {
             let size = usize::try_from(size).map_err(|_| Errno::EFBIG)?;
+            // The kernel truncates for O_TRUNC without naming the handle:
+            // apply it to every open writer of the key.
             let truncated = {
                 let mut files = lock(&self.files);
-                match fh
-                    .and_then(|fh| files.get_mut(&fh.0))
-                    .filter(|f| &f.key == key)
-                {
-                    Some(file) => {
+                let mut any = false;
+                for (&handle, file) in files.iter_mut() {
+                    if &file.key == key && fh.is_none_or_eq(handle) {
                         file.data.resize(size, 0);
                         file.dirty = true;
-                        true
+                        any = true;
                     }
-                    None => false,
                 }
+                any
             };
             if !truncated {
                 // truncate(2) on a path: write the shortened value now.
@@ -327,7 +327,9 @@ impl EtcdFs {
         let mut kv = self.etcd.kv_client();
         // One key, never a prefix.
         self.etcd(&abs, kv.delete(abs.clone(), None))?;
-        self.write_view().set(&key, None);
+        let mut view = self.write_view();
+        view.set(&key, None);
+        keep_dir(&mut view, prefix);
         Ok(())
     }
 
@@ -353,6 +355,7 @@ impl EtcdFs {
             return Err(Errno::ENOTEMPTY);
         }
         view.remove_local_dir(&dir);
+        keep_dir(&mut view, prefix);
         Ok(())
     }
 
@@ -398,6 +401,7 @@ impl EtcdFs {
         let mut view = self.write_view();
         view.set(&to, Some((value.bytes.to_vec(), revision)));
         view.set(&from, None);
+        keep_dir(&mut view, from_dir);
         Ok(())
     }
 
@@ -423,6 +427,25 @@ impl EtcdFs {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.dirs).insert(fh, entries);
         Ok(fh)
+    }
+}
+
+/// A directory whose last entry went away through the mount stays until it
+/// is removed with rmdir, as on any filesystem.
+fn keep_dir(view: &mut View, prefix: String) {
+    if !view.is_dir(&prefix) {
+        view.add_local_dir(prefix);
+    }
+}
+
+trait HandleMatch {
+    fn is_none_or_eq(&self, handle: u64) -> bool;
+}
+
+impl HandleMatch for Option<FileHandle> {
+    /// No handle named, or this one.
+    fn is_none_or_eq(&self, handle: u64) -> bool {
+        self.map_or(true, |fh| fh.0 == handle)
     }
 }
 

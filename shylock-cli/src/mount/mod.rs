@@ -118,22 +118,40 @@ fn check_fuse() -> Result<(), Error> {
 
 /// Checks the mountpoint; cleans a stale mount left by a killed shylock.
 fn prepare_mountpoint(mountpoint: &Path) -> Result<(), Error> {
+    let shown = mountpoint.display();
+    if is_mount(mountpoint) {
+        // stat may be answered from the kernel's cache; listing needs the
+        // daemon, so it tells a live mount from a dead one.
+        return match std::fs::read_dir(mountpoint) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                tracing::warn!(mountpoint = %shown, "cleaning a stale mount left by a killed process");
+                lazy_unmount(mountpoint)
+            }
+            _ => Err(msg(format!(
+                "mountpoint {shown} is busy: something is mounted there; unmount it first \
+                 (fusermount3 -u {shown})"
+            ))),
+        };
+    }
     match std::fs::metadata(mountpoint) {
         Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(msg(format!(
-            "mountpoint {} is not a directory",
-            mountpoint.display()
-        ))),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            tracing::warn!(mountpoint = %mountpoint.display(), "cleaning a stale mount left by a killed process");
-            lazy_unmount(mountpoint)
-        }
+        Ok(_) => Err(msg(format!("mountpoint {shown} is not a directory"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(msg(format!(
-            "mountpoint {} does not exist; create it with mkdir",
-            mountpoint.display()
+            "mountpoint {shown} does not exist; create it with mkdir"
         ))),
-        Err(e) => Err(msg(format!("mountpoint {}: {e}", mountpoint.display()))),
+        Err(e) => Err(msg(format!("mountpoint {shown}: {e}"))),
     }
+}
+
+/// Whether something is mounted exactly at `path` (from /proc/self/mountinfo).
+fn is_mount(path: &Path) -> bool {
+    let Ok(path) = path.canonicalize().or_else(|_| std::path::absolute(path)) else {
+        return false;
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let wanted = path.to_string_lossy();
+    info.lines()
+        .any(|line| line.split(' ').nth(4) == Some(&*wanted))
 }
 
 fn lazy_unmount(mountpoint: &Path) -> Result<(), Error> {

@@ -1,0 +1,520 @@
+//! `shylock mount` over a real etcd, used with ordinary file calls and the
+//! programs people use.
+
+mod support;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_are_files_and_prefixes_are_directories() {
+    let server = shared_server();
+    let p = unique_prefix("m-read");
+    let mut etcd = etcd(&server.endpoint()).await;
+    put(
+        &mut etcd,
+        &format!("{p}/nginx.conf"),
+        "worker_processes 4;\n",
+    )
+    .await;
+    put(&mut etcd, &format!("{p}/db"), "the db key itself").await;
+    put(&mut etcd, &format!("{p}/db/url"), "postgres://db").await;
+    put(&mut etcd, &format!("{p}/bin"), vec![0u8, 255, 1, 254, 10]).await;
+    put(&mut etcd, &format!("{p}le/sibling"), "not mine").await;
+    let mount = Mount::start(&server.endpoint(), &p, &[]);
+
+    assert_eq!(ls(&mount.path), ["bin", "db", "nginx.conf"]);
+    assert_eq!(ls(&mount.file("db")), ["%value", "url"]);
+    assert_eq!(
+        fs::read_to_string(mount.file("nginx.conf")).unwrap(),
+        "worker_processes 4;\n"
+    );
+    assert_eq!(
+        fs::read_to_string(mount.file("db/%value")).unwrap(),
+        "the db key itself"
+    );
+    assert_eq!(
+        fs::read(mount.file("bin")).unwrap(),
+        [0u8, 255, 1, 254, 10],
+        "bytes read back exactly"
+    );
+
+    let meta = fs::metadata(mount.file("nginx.conf")).unwrap();
+    assert_eq!(meta.len(), 20, "size is right before the file is opened");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    assert_eq!(meta.uid(), unsafe { libc::getuid() });
+    let dir = fs::metadata(mount.file("db")).unwrap();
+    assert!(dir.is_dir());
+    assert_eq!(dir.permissions().mode() & 0o777, 0o755);
+    let listing = sh(&mount.path, "ls -la");
+    assert!(
+        listing.contains("nginx.conf") && listing.contains(" 20 "),
+        "{listing}"
+    );
+    mount.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_in_etcd_appear_and_cached_data_is_never_stale() {
+    let server = shared_server();
+    let p = unique_prefix("m-live");
+    let mut etcd = etcd(&server.endpoint()).await;
+    let old = "short";
+    put(&mut etcd, &format!("{p}/f"), old).await;
+    let mount = Mount::start(&server.endpoint(), &p, &[]);
+    let file = mount.file("f");
+    // Fill the kernel's page cache.
+    assert_eq!(fs::read_to_string(&file).unwrap(), old);
+    assert_eq!(fs::read_to_string(&file).unwrap(), old);
+
+    for new in ["a much longer value than before", "tiny", ""] {
+        let previous = fs::read_to_string(&file).unwrap();
+        put(&mut etcd, &format!("{p}/f"), new).await;
+        wait_until("the new value through the mount", || {
+            let seen = fs::read_to_string(&file).unwrap();
+            assert!(
+                seen == previous || seen == new,
+                "stale or cut data: {seen:?}"
+            );
+            seen == new
+        });
+        assert_eq!(fs::metadata(&file).unwrap().len(), new.len() as u64);
+    }
+
+    put(&mut etcd, &format!("{p}/new/deep"), "x").await;
+    wait_until("a new key in ls", || {
+        ls(&mount.path).contains(&"new".to_owned())
+    });
+    assert_eq!(sh(&mount.path, "cat new/deep"), "x");
+    etcd.delete(format!("{p}/f"), None).await.unwrap();
+    wait_until("a deleted key leaves ls", || {
+        !ls(&mount.path).contains(&"f".to_owned())
+    });
+    assert!(!file.exists());
+    // A file that becomes a directory.
+    put(&mut etcd, &format!("{p}/new/deep/er"), "y").await;
+    wait_until("file turned directory", || mount.file("new/deep").is_dir());
+    assert_eq!(
+        fs::read_to_string(mount.file("new/deep/%value")).unwrap(),
+        "x"
+    );
+    mount.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_store_the_whole_file_with_one_put() {
+    let server = shared_server();
+    let p = unique_prefix("m-write");
+    let mut etcd = etcd(&server.endpoint()).await;
+    put(&mut etcd, &format!("{p}/existing"), "a long original value").await;
+    let mount = Mount::start(&server.endpoint(), &p, &[]);
+
+    sh(&mount.path, "echo hello > greeting");
+    assert_eq!(
+        get(&mut etcd, &format!("{p}/greeting")).await.unwrap().0,
+        b"hello\n"
+    );
+    sh(&mount.path, "echo world >> greeting");
+    assert_eq!(
+        get(&mut etcd, &format!("{p}/greeting")).await.unwrap().0,
+        b"hello\nworld\n"
+    );
+
+    fs::write(mount.file("existing"), "short").unwrap();
+    assert_eq!(
+        get(&mut etcd, &format!("{p}/existing")).await.unwrap().0,
+        b"short",
+        "no leftover bytes"
+    );
+
+    let (_, revision) = get(&mut etcd, &format!("{p}/existing")).await.unwrap();
+    let mut reader = fs::File::open(mount.file("existing")).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut text).unwrap();
+    drop(reader);
+    assert_eq!(
+        get(&mut etcd, &format!("{p}/existing")).await.unwrap().1,
+        revision,
+        "reading never writes"
+    );
+
+    sh(&mount.path, "touch empty-file && truncate -s 2 existing");
+    assert_eq!(
+        get(&mut etcd, &format!("{p}/empty-file")).await.unwrap().0,
+        b""
+    );
+    assert_eq!(
+        get(&mut etcd, &format!("{p}/existing")).await.unwrap().0,
+        b"sh"
+    );
+
+    let binary: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    fs::write(mount.file("blob"), &binary).unwrap();
+    assert_eq!(
+        get(&mut etcd, &format!("{p}/blob")).await.unwrap().0,
+        binary
+    );
+    assert_eq!(fs::read(mount.file("blob")).unwrap(), binary);
+    mount.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conflicting_write_is_refused_instead_of_lost() {
+    let server = shared_server();
+    let p = unique_prefix("m-cas");
+    let mut etcd = etcd(&server.endpoint()).await;
+    put(&mut etcd, &format!("{p}/k"), "v1").await;
+    let mount = Mount::start(&server.endpoint(), &p, &[]);
+
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .open(mount.file("k"))
+        .unwrap();
+    put(&mut etcd, &format!("{p}/k"), "someone else's update").await;
+    file.write_all(b"mine").unwrap();
+    let error = file
+        .sync_all()
+        .expect_err("the other update must not be overwritten");
+    assert_eq!(error.raw_os_error(), Some(libc::ESTALE), "{error}");
+    drop(file);
+    assert_eq!(
+        get(&mut etcd, &format!("{p}/k")).await.unwrap().0,
+        b"someone else's update"
+    );
+    mount.stop();
+
+    let lww = Mount::start(&server.endpoint(), &p, &["--conflicts", "lww"]);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(lww.file("k"))
+        .unwrap();
+    put(&mut etcd, &format!("{p}/k"), "another update").await;
+    file.write_all(b"last writer").unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    assert_eq!(
+        get(&mut etcd, &format!("{p}/k")).await.unwrap().0,
+        b"last writer"
+    );
+    lww.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn everyday_programs_work_on_the_mount() {
+    let server = shared_server();
+    let p = unique_prefix("m-tools");
+    let mut etcd = etcd(&server.endpoint()).await;
+    put(&mut etcd, &format!("{p}/app/a.conf"), "a").await;
+    put(&mut etcd, &format!("{p}/app/sub/b.conf"), "b").await;
+    put(&mut etcd, &format!("{p}/apple"), "keep me").await;
+    let mount = Mount::start(&server.endpoint(), &p, &[]);
+    let outside = tempfile::tempdir().unwrap();
+
+    // A container copying its config on start.
+    sh(
+        outside.path(),
+        &format!("cp -r {}/app copy", mount.path.display()),
+    );
+    assert_eq!(
+        fs::read_to_string(outside.path().join("copy/sub/b.conf")).unwrap(),
+        "b"
+    );
+    let found = sh(&mount.path, "find . | sort");
+    assert_eq!(
+        found,
+        ".\n./app\n./app/a.conf\n./app/sub\n./app/sub/b.conf\n./apple\n"
+    );
+
+    // An operator editing it.
+    sh(
+        outside.path(),
+        &format!("cp -r copy {}/restored", mount.path.display()),
+    );
+    assert_eq!(
+        keys(&mut etcd, &p).await,
+        [
+            "app/a.conf",
+            "app/sub/b.conf",
+            "apple",
+            "restored/a.conf",
+            "restored/sub/b.conf"
+        ]
+    );
+    sh(&mount.path, "mv app/a.conf app/renamed.conf");
+    assert_eq!(
+        get(&mut etcd, &format!("{p}/app/renamed.conf"))
+            .await
+            .unwrap()
+            .0,
+        b"a"
+    );
+    assert!(get(&mut etcd, &format!("{p}/app/a.conf")).await.is_none());
+
+    sh(&mount.path, "mkdir fresh && test -d fresh");
+    assert!(
+        keys(&mut etcd, &p)
+            .await
+            .iter()
+            .all(|k| !k.starts_with("fresh")),
+        "mkdir alone writes nothing"
+    );
+    let error = fs::remove_dir(mount.file("app")).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::ENOTEMPTY));
+    sh(&mount.path, "rmdir fresh");
+    assert!(!mount.file("fresh").exists());
+    sh(&mount.path, "mkdir -p x/y && echo z > x/y/z && rm x/y/z");
+    assert!(keys(&mut etcd, &p)
+        .await
+        .iter()
+        .all(|k| !k.starts_with("x/")));
+
+    // rm -r of a directory deletes its keys one by one, never /app as a
+    // prefix without its slash: /apple stays.
+    sh(&mount.path, "rm -r app");
+    assert_eq!(
+        keys(&mut etcd, &p).await,
+        ["apple", "restored/a.conf", "restored/sub/b.conf"]
+    );
+    sh(&mount.path, "mv restored moved");
+    assert_eq!(
+        keys(&mut etcd, &p).await,
+        ["apple", "moved/a.conf", "moved/sub/b.conf"]
+    );
+
+    let error = fs::write(mount.file("bad%name"), "x").unwrap_err();
+    assert_eq!(
+        error.raw_os_error(),
+        Some(libc::EINVAL),
+        "a % must be written %25"
+    );
+    fs::write(mount.file("fifty%25off"), "x").unwrap();
+    assert!(get(&mut etcd, &format!("{p}/fifty%off")).await.is_some());
+    mount.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_mounts_refuse_every_write() {
+    let server = shared_server();
+    let p = unique_prefix("m-ro");
+    let mut etcd = etcd(&server.endpoint()).await;
+    put(&mut etcd, &format!("{p}/d/f"), "v").await;
+    for mount in [
+        Mount::start(
+            &server.endpoint(),
+            &p,
+            &["--read-only", "--uid", "1234", "--gid", "5678"],
+        ),
+        Mount::start_with(&server.endpoint(), &p, &[], &[("ETC_READ_ONLY", "true")]),
+    ] {
+        assert_eq!(
+            fs::metadata(mount.file("d/f"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o444
+        );
+        assert_eq!(
+            fs::metadata(mount.file("d")).unwrap().permissions().mode() & 0o777,
+            0o555
+        );
+        let erofs = |result: std::io::Result<()>| {
+            assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EROFS))
+        };
+        erofs(fs::write(mount.file("d/f"), "x"));
+        erofs(fs::write(mount.file("new"), "x"));
+        erofs(fs::remove_file(mount.file("d/f")));
+        erofs(fs::create_dir(mount.file("dir")));
+        erofs(fs::rename(mount.file("d/f"), mount.file("d/g")));
+        assert_eq!(fs::read_to_string(mount.file("d/f")).unwrap(), "v");
+        mount.stop();
+    }
+    assert_eq!(keys(&mut etcd, &p).await, ["d/f"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn odd_keys_are_escaped_and_none_is_invisible() {
+    let server = shared_server();
+    let p = unique_prefix("m-odd");
+    let mut etcd = etcd(&server.endpoint()).await;
+    let long = "L".repeat(300);
+    let odd = ["a//b", ".", "..", "x/./y", "100%", &long, "/lead", "sp ace"];
+    for (i, key) in odd.iter().enumerate() {
+        put(&mut etcd, &format!("{p}/{key}"), format!("value {i}")).await;
+    }
+    let mount = Mount::start(&server.endpoint(), &p, &[]);
+    let files = sh(&mount.path, "find . -type f | wc -l");
+    assert_eq!(files.trim(), odd.len().to_string(), "every key is a file");
+    assert_eq!(fs::read_to_string(mount.file("a/%/b")).unwrap(), "value 0");
+    assert_eq!(fs::read_to_string(mount.file("%2E")).unwrap(), "value 1");
+    assert_eq!(fs::read_to_string(mount.file("%2E%2E")).unwrap(), "value 2");
+    assert_eq!(
+        fs::read_to_string(mount.file("x/%2E/y")).unwrap(),
+        "value 3"
+    );
+    assert_eq!(fs::read_to_string(mount.file("100%25")).unwrap(), "value 4");
+    assert_eq!(fs::read_to_string(mount.file("%/lead")).unwrap(), "value 6");
+    let shortened: Vec<String> = ls(&mount.path)
+        .into_iter()
+        .filter(|n| n.contains("%~"))
+        .collect();
+    assert_eq!(shortened.len(), 1);
+    assert!(shortened[0].len() <= 255);
+    assert_eq!(
+        fs::read_to_string(mount.file(&shortened[0])).unwrap(),
+        "value 5"
+    );
+    mount.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_directory_of_100_000_entries_lists_completely() {
+    let server = EtcdServer::start_with(EtcdOptions::new().arg("--max-txn-ops=10000"));
+    let mut etcd = etcd(&server.endpoint()).await;
+    for batch in 0..10 {
+        let ops: Vec<etcd_client::TxnOp> = (0..10_000)
+            .map(|i| etcd_client::TxnOp::put(format!("/big/k{:06}", batch * 10_000 + i), "v", None))
+            .collect();
+        etcd.txn(etcd_client::Txn::new().and_then(ops))
+            .await
+            .unwrap();
+    }
+    let mount = Mount::start(&server.endpoint(), "/big", &[]);
+    let names = ls(&mount.path);
+    assert_eq!(names.len(), 100_000);
+    assert_eq!(names[99_999], "k099999");
+    mount.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_mount_is_cleaned_by_the_next_one() {
+    let server = shared_server();
+    let p = unique_prefix("m-kill");
+    let mut etcd = etcd(&server.endpoint()).await;
+    put(&mut etcd, &format!("{p}/k"), "v").await;
+    let mount = Mount::start(&server.endpoint(), &p, &[]);
+    assert_eq!(fs::read_to_string(mount.file("k")).unwrap(), "v");
+    let (dir, path) = mount.kill();
+    let stale = fs::read_dir(&path).unwrap_err();
+    assert_eq!(
+        stale.raw_os_error(),
+        Some(libc::ENOTCONN),
+        "a stale mount is left"
+    );
+    let again = Mount::start_at(dir, path.clone(), &server.endpoint(), &p, &[], &[]);
+    assert_eq!(fs::read_to_string(again.file("k")).unwrap(), "v");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let at_path = mounts
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(&*path.to_string_lossy()))
+        .count();
+    assert_eq!(at_path, 1, "the stale mount was removed, not stacked under");
+
+    // A live mount is not taken over.
+    let busy = shylock()
+        .args(["--endpoints", &server.endpoint(), "mount"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(busy.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("is busy"));
+    again.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_keeps_the_tree_readable_and_writes_fail_with_eio() {
+    let server = EtcdServer::start();
+    let mut etcd = etcd(&server.endpoint()).await;
+    put(&mut etcd, "/o/k", "before").await;
+    let mount = Mount::start(&server.endpoint(), "/o", &[]);
+    server.stop();
+    assert_eq!(
+        fs::read_to_string(mount.file("k")).unwrap(),
+        "before",
+        "served from memory"
+    );
+    let error = write_synced(&mount.file("k"), b"during").unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EIO));
+    server.restart();
+    let mut etcd = support::etcd(&server.endpoint()).await;
+    put(&mut etcd, "/o/k", "after").await;
+    wait_until("the change after the outage", || {
+        fs::read_to_string(mount.file("k")).unwrap() == "after"
+    });
+    write_synced(&mount.file("k"), b"written").unwrap();
+    assert_eq!(get(&mut etcd, "/o/k").await.unwrap().0, b"written");
+    mount.stop();
+}
+
+/// Writes a whole file and reports the error of the final put (fs::write
+/// drops the file and with it the error close(2) returns).
+fn write_synced(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all(data)?;
+    file.sync_all()
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    let missing = shylock()
+        .args([
+            "--endpoints",
+            "http://127.0.0.1:1",
+            "mount",
+            "/nonexistent/shylock-mnt",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("does not exist") && stderr.contains("mkdir"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let unreachable = shylock()
+        .args([
+            "--endpoints",
+            "http://127.0.0.1:1",
+            "--dial-timeout",
+            "500ms",
+            "mount",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(
+        stderr.contains("could not reach etcd at http://127.0.0.1:1"),
+        "{stderr}"
+    );
+
+    let usage = shylock().args(["mount"]).output().unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+    let help = shylock().args(["mount", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--prefix",
+        "--read-only",
+        "--uid",
+        "--gid",
+        "--allow-other",
+        "--endpoints",
+        "--cacert",
+        "--user",
+        "--dial-timeout",
+        "--config",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}

@@ -1,0 +1,242 @@
+//! Running the real `shylock` binary against real etcd, and waiting on
+//! conditions with a deadline.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use shylock::testing::{shared_server, unique_prefix, EtcdOptions, EtcdServer};
+
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The binary under test.
+pub fn shylock() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shylock"))
+}
+
+/// Waits until `check` holds, or fails the test naming `what`.
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let path = path.to_string_lossy();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(&*path))
+}
+
+/// A running `shylock mount`, unmounted on drop.
+pub struct Mount {
+    child: Option<Child>,
+    uid: bool,
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Mount {
+    pub fn start(endpoint: &str, prefix: &str, extra: &[&str]) -> Mount {
+        Self::start_with(endpoint, prefix, extra, &[])
+    }
+
+    pub fn start_with(endpoint: &str, prefix: &str, extra: &[&str], env: &[(&str, &str)]) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).unwrap();
+        Self::start_at(dir, path, endpoint, prefix, extra, env)
+    }
+
+    pub fn start_at(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        endpoint: &str,
+        prefix: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mount {
+        let mut command = shylock();
+        command
+            .args(["--endpoints", endpoint, "mount"])
+            .arg(&path)
+            .args(["--prefix", prefix])
+            .args(extra)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("run shylock");
+        // shylock prints "shylock: mounted ..." once the filesystem serves.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, mounted) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.starts_with("shylock: mounted") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let deadline = Instant::now() + DEADLINE;
+        while mounted.try_recv().is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut stderr = String::new();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut stderr)
+                    .unwrap();
+                panic!("shylock mount exited with {status}:\n{stderr}");
+            }
+            assert!(Instant::now() < deadline, "not mounted after {DEADLINE:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Mount {
+            child: Some(child),
+            uid: extra.contains(&"--uid"),
+            dir,
+            path,
+        }
+    }
+
+    /// Whether the mount was started with `--uid`.
+    pub fn args_had_uid(&self) -> bool {
+        self.uid
+    }
+
+    pub fn file(&self, relative: &str) -> PathBuf {
+        self.path.join(relative)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM, then waits for a clean exit and the unmount.
+    pub fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        signal(&child, libc::SIGTERM);
+        let status = wait_exit(&mut child);
+        assert!(status.success(), "shylock mount exited with {status}");
+        assert!(!is_mounted(&self.path), "still mounted after exit");
+    }
+
+    /// SIGKILL: leaves a stale mount behind, as a crash would.
+    pub fn kill(mut self) -> (tempfile::TempDir, PathBuf) {
+        let mut child = self.child.take().unwrap();
+        signal(&child, libc::SIGKILL);
+        wait_exit(&mut child);
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        // Leave the stale mount for the caller: Drop must not clean it.
+        let path = std::mem::take(&mut self.path);
+        (dir, path)
+    }
+}
+
+fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "shylock did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGTERM);
+            let _ = child.wait();
+        }
+        if is_mounted(&self.path) {
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.path)
+                .status();
+        }
+    }
+}
+
+/// A raw etcd client for the test's own reads and writes.
+pub async fn etcd(endpoint: &str) -> etcd_client::Client {
+    etcd_client::Client::connect([endpoint], None)
+        .await
+        .unwrap()
+}
+
+pub async fn put(etcd: &mut etcd_client::Client, key: &str, value: impl Into<Vec<u8>>) -> i64 {
+    etcd.put(key, value, None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
+}
+
+pub async fn get(etcd: &mut etcd_client::Client, key: &str) -> Option<(Vec<u8>, i64)> {
+    let response = etcd.get(key, None).await.unwrap();
+    response
+        .kvs()
+        .first()
+        .map(|kv| (kv.value().to_vec(), kv.mod_revision()))
+}
+
+/// Every key (relative to `prefix/`) under a prefix, sorted.
+pub async fn keys(etcd: &mut etcd_client::Client, prefix: &str) -> Vec<String> {
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_keys_only();
+    let response = etcd.get(format!("{prefix}/"), Some(options)).await.unwrap();
+    response
+        .kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key()[prefix.len() + 1..]).into_owned())
+        .collect()
+}
+
+/// Names in a directory, sorted.
+pub fn ls(path: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Runs a shell command line in `dir`; panics with its output if it fails.
+pub fn sh(dir: &Path, script: &str) -> String {
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "`{script}` failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

@@ -9,7 +9,7 @@ deps:
 
 # Start a throwaway etcd and watch a service's typed config change live.
 demo: deps
-	cargo build --quiet -p shylock-examples --examples
+	cargo build --quiet -p shylock-examples --examples -p shylock-cli
 	target/debug/examples/demo
 
 # The whole suite against real etcd servers, then format and lint checks.

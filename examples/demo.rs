@@ -43,6 +43,78 @@ impl Demo {
     }
 }
 
+/// The same keys as files, through `shylock mount`.
+async fn mount_demo(etcd: &mut Client, endpoint: &str) {
+    println!("\n== the same keys as files, for programs not written in Rust (shylock mount)");
+    if !std::path::Path::new("/dev/fuse").exists() {
+        println!("   (skipped: /dev/fuse is not available on this machine)");
+        return;
+    }
+    let shylock = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .with_file_name("shylock");
+    let dir = std::env::temp_dir().join(format!("shylock-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    println!(
+        "$ shylock --endpoints {endpoint} mount {} --prefix {PREFIX} --read-only",
+        dir.display()
+    );
+    let mut mount = Command::new(&shylock)
+        .args(["--endpoints", endpoint, "mount"])
+        .arg(&dir)
+        .args(["--prefix", PREFIX, "--read-only"])
+        .env("SHYLOCK_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run shylock (cargo build -p shylock-cli)");
+    let mut lines = BufReader::new(mount.stdout.take().unwrap()).lines();
+    match lines.next() {
+        Some(Ok(line)) if line.starts_with("shylock: mounted") => {}
+        other => panic!("shylock mount did not start: {other:?}"),
+    }
+    let show = |command: &str| {
+        println!("$ {command}");
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        print!("{}", String::from_utf8_lossy(&output.stdout));
+    };
+    show("ls -l");
+    show("cat port; echo");
+    println!("$ etcdctl put {PREFIX}/port \"9092\"");
+    etcd.put(format!("{PREFIX}/port"), "9092", None)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(dir.join("port")).unwrap_or_default() != "9092" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mount did not show the change"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    show("cat port; echo");
+    println!("$ echo 1 > port   # a read-only mount refuses writes");
+    let refused = Command::new("sh")
+        .arg("-c")
+        .arg("echo 1 > port")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    print!("{}", String::from_utf8_lossy(&refused.stderr));
+    // SAFETY: kill(2) on our own child: SIGTERM makes shylock unmount.
+    unsafe {
+        libc::kill(mount.id() as i32, libc::SIGTERM);
+    }
+    let _ = mount.wait();
+    let _ = std::fs::remove_dir(&dir);
+}
+
 #[tokio::main]
 async fn main() {
     println!("== starting a throwaway etcd (temporary data directory, free loopback ports)");
@@ -130,9 +202,13 @@ async fn main() {
     println!("\n== secrets change too, but never show up in output");
     demo.put("api-token", "second-token-rotated").await;
 
-    println!("\n== stopping the service and etcd");
+    println!("\n== stopping the service");
     let _ = service.kill();
     let _ = service.wait();
+
+    mount_demo(&mut demo.etcd, &server.endpoint()).await;
+
+    println!("\n== stopping etcd");
     drop(server);
-    println!("done: the typed config followed every change, and refused the bad ones.");
+    println!("done: the typed config and the mounted files followed every change; bad values were refused.");
 }

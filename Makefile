@@ -14,7 +14,8 @@ demo: deps
 
 # The whole suite against real etcd servers, then format and lint checks.
 test: deps
-	cargo test --workspace --no-fail-fast
+	# Bounded, so a hang fails well inside CI's 90 minutes.
+	timeout 2400 cargo test --workspace --no-fail-fast
 	$(MAKE) lint
 
 lint:

@@ -1,8 +1,12 @@
 //! Applies watch events to the view, then tells the kernel which cached
-//! entries, attributes and pages are stale. Runs on the watch task: never
-//! inside a FUSE handler, and never while holding the view's lock.
+//! entries, attributes and pages are stale. The view is updated on the
+//! watch task; the kernel is told from a thread of its own, because an
+//! invalidation can wait for a directory lock held by a process whose FUSE
+//! request needs the async runtime (the watch task must never block it).
+//! Never from inside a FUSE handler, never while holding the view's lock.
 
 use std::ffi::OsString;
+use std::sync::mpsc;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use fuser::{INodeNo, Notifier};
@@ -13,8 +17,9 @@ use super::view::{ancestors, Node, View};
 
 pub struct Handler {
     view: Arc<RwLock<View>>,
-    notifier: Arc<OnceLock<Notifier>>,
     base: String,
+    /// To the thread that tells the kernel.
+    stale: mpsc::Sender<Stale>,
 }
 
 /// What the kernel must forget.
@@ -26,11 +31,18 @@ struct Stale {
 
 impl Handler {
     pub fn new(view: Arc<RwLock<View>>, notifier: Arc<OnceLock<Notifier>>, base: String) -> Self {
-        Handler {
-            view,
-            notifier,
-            base,
-        }
+        let (stale, pending) = mpsc::channel::<Stale>();
+        std::thread::Builder::new()
+            .name("shylock-invalidate".into())
+            .spawn(move || {
+                for stale in pending {
+                    if let Some(notifier) = notifier.get() {
+                        stale.send(notifier);
+                    }
+                }
+            })
+            .expect("start the invalidation thread");
+        Handler { view, base, stale }
     }
 
     fn relative<'k>(&self, key: &'k str) -> Option<&'k str> {
@@ -67,8 +79,8 @@ impl Handler {
                 _ => {}
             }
         }
-        if let Some(notifier) = self.notifier.get() {
-            stale.send(notifier);
+        if !stale.entries.is_empty() || !stale.inodes.is_empty() {
+            let _ = self.stale.send(stale);
         }
     }
 }

@@ -518,3 +518,43 @@ fn errors_say_what_to_do() {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_etcd_permission_error_is_eacces() {
+    use etcd_client::Permission;
+    let server = EtcdServer::start();
+    let mut etcd = etcd(&server.endpoint()).await;
+    put(&mut etcd, "/ro/k", "v").await;
+    etcd.user_add("root", "root-pw", None).await.unwrap();
+    etcd.user_grant_role("root", "root").await.unwrap();
+    etcd.role_add("reader").await.unwrap();
+    etcd.role_grant_permission("reader", Permission::read("/ro/").with_prefix())
+        .await
+        .unwrap();
+    etcd.user_add("reader", "reader-pw", None).await.unwrap();
+    etcd.user_grant_role("reader", "reader").await.unwrap();
+    etcd.auth_enable().await.unwrap();
+
+    let before = std::time::SystemTime::now();
+    let mount = Mount::start(&server.endpoint(), "/ro", &["--user", "reader:reader-pw"]);
+    assert_eq!(
+        fs::read_to_string(mount.file("k")).unwrap(),
+        "v",
+        "reading is allowed"
+    );
+    let mtime = fs::metadata(mount.file("k")).unwrap().modified().unwrap();
+    assert!(
+        mtime >= before - std::time::Duration::from_secs(1),
+        "mtime is when the mount saw the key"
+    );
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .open(mount.file("k"))
+        .unwrap();
+    file.write_all(b"x").unwrap();
+    let error = file.sync_all().unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EACCES), "{error}");
+    // Stopping while a file is still open detaches the mount lazily.
+    mount.stop();
+    drop(file);
+}

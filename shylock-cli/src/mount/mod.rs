@@ -89,15 +89,20 @@ pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
     wait_for_signal().await?;
     tracing::info!("unmounting {}", args.mountpoint.display());
     drop(watch);
-    tokio::task::spawn_blocking(move || background.umount_and_join())
-        .await?
-        .map_err(|e| {
-            msg(format!(
-                "unmount of {} failed: {e}",
-                args.mountpoint.display()
-            ))
-        })?;
-    Ok(())
+    let unmounted = tokio::task::spawn_blocking(move || background.umount_and_join()).await?;
+    match unmounted {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            // A file is still open: detach now; the kernel ends the mount
+            // when the last user lets go.
+            tracing::warn!(mountpoint = %args.mountpoint.display(), "mount busy; detaching it lazily");
+            lazy_unmount(&args.mountpoint)
+        }
+        Err(e) => Err(msg(format!(
+            "unmount of {} failed: {e}",
+            args.mountpoint.display()
+        ))),
+    }
 }
 
 fn env_true(name: &str) -> bool {

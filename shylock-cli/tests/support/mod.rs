@@ -128,7 +128,16 @@ impl Mount {
         let mut child = self.child.take().unwrap();
         signal(&child, libc::SIGTERM);
         let status = wait_exit(&mut child);
-        assert!(status.success(), "shylock mount exited with {status}");
+        if !status.success() {
+            let mut stderr = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            panic!("shylock mount exited with {status}:\n{stderr}");
+        }
         assert!(!is_mounted(&self.path), "still mounted after exit");
     }
 

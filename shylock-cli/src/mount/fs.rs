@@ -715,6 +715,21 @@ impl Filesystem for EtcdFs {
         reply.ok();
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // Files of keys are not terminals or devices (isatty asks this).
+        reply.error(Errno::ENOTTY);
+    }
+
     fn getxattr(
         &self,
         _req: &Request,

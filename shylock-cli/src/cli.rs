@@ -23,6 +23,15 @@ pub enum Command {
     /// Show the keys under a prefix as a live FUSE filesystem (prefixes are
     /// directories, keys are files), until SIGINT or SIGTERM.
     Mount(MountArgs),
+    /// Write one key's value, or a prefix as a JSON/YAML/TOML/properties/env
+    /// document, to a file; with --watch, keep it current.
+    Export(crate::export::ExportArgs),
+    /// Mirror a prefix into a directory of files, swapping each update in at
+    /// once (for containers that cannot use FUSE; Spring's configtree).
+    Sync(crate::sync::SyncArgs),
+    /// Write a JSON/YAML/TOML/properties document, or a directory of files,
+    /// into keys under a prefix (the producer side).
+    Import(crate::import::ImportArgs),
 }
 
 /// How writes through the mount treat a concurrent change of the same key.
@@ -70,6 +79,9 @@ impl Cli {
     pub async fn run(self) -> Result<(), Error> {
         match self.command {
             Command::Mount(args) => crate::mount::run(&self.connect, args).await,
+            Command::Export(args) => crate::export::run(&self.connect, args).await,
+            Command::Sync(args) => crate::sync::run(&self.connect, args).await,
+            Command::Import(args) => crate::import::run(&self.connect, args).await,
         }
     }
 }

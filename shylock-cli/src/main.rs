@@ -1,9 +1,18 @@
 //! `shylock`: etcd keys for programs that are not written in Rust.
 
+mod atomic;
 mod cli;
+mod command;
 mod connect;
+mod document;
 mod exit;
+mod export;
+mod import;
+mod live_keys;
 mod mount;
+mod names;
+mod signals;
+mod sync;
 
 use clap::Parser;
 

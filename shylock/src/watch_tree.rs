@@ -101,7 +101,7 @@ impl Sink for TreeSink {
 }
 
 impl Client {
-    /// Reads every key under `prefix` at one revision (within the startup
+    /// Reads every key under `prefix/` at one revision (within the startup
     /// timeout), returns them with that revision, and then calls `handler`
     /// on the watch task for every later change, resync and connection
     /// change. Keep the returned [`TreeWatch`] as long as the watch should
@@ -111,17 +111,41 @@ impl Client {
         prefix: &str,
         handler: impl FnMut(TreeEvent<'_>) + Send + 'static,
     ) -> Result<(Tree, i64, TreeWatch)> {
-        let dependencies = vec![Dependency {
-            key: format!("{}/", prefix.trim_end_matches('/')),
-            kind: DependencyKind::Prefix,
+        self.watch_keys(prefix, false, Box::new(handler)).await
+    }
+
+    /// Like [`watch_tree`](Client::watch_tree), and the key `key` itself too
+    /// (for a key that may hold a value, children, or both).
+    pub async fn watch_key_and_tree(
+        &self,
+        key: &str,
+        handler: impl FnMut(TreeEvent<'_>) + Send + 'static,
+    ) -> Result<(Tree, i64, TreeWatch)> {
+        self.watch_keys(key, true, Box::new(handler)).await
+    }
+
+    async fn watch_keys(
+        &self,
+        prefix: &str,
+        with_key: bool,
+        handler: Handler,
+    ) -> Result<(Tree, i64, TreeWatch)> {
+        let base = prefix.trim_end_matches('/');
+        let dependency = |key: String, kind| Dependency {
+            key,
+            kind,
             secret: false,
             required: false,
-        }];
+        };
+        let mut dependencies = vec![dependency(format!("{base}/"), DependencyKind::Prefix)];
+        if with_key && !base.is_empty() {
+            dependencies.push(dependency(base.to_owned(), DependencyKind::Key));
+        }
         let (tree, revision) = self.read(&dependencies).await?;
         let alive = Arc::new(());
         let sink = TreeSink {
             dependencies,
-            handler: Mutex::new(Box::new(handler)),
+            handler: Mutex::new(handler),
             alive: Arc::downgrade(&alive),
         };
         self.register(Box::new(sink), revision + 1)?;

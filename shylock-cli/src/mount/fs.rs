@@ -15,9 +15,9 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-use super::names;
 use super::view::{Node, Owner, View};
 use crate::cli::Conflicts;
+use crate::names;
 
 /// How long the kernel may cache entries and attributes: long, because every
 /// change seen by the watch invalidates them.

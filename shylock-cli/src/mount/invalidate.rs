@@ -12,8 +12,8 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use fuser::{INodeNo, Notifier};
 use shylock::TreeEvent;
 
-use super::names::{self, VALUE_FILE};
 use super::view::{ancestors, Node, View};
+use crate::names::{self, VALUE_FILE};
 
 pub struct Handler {
     view: Arc<RwLock<View>>,

@@ -2,7 +2,7 @@
 
 mod fs;
 mod invalidate;
-mod names;
+
 mod view;
 
 use std::path::Path;
@@ -86,7 +86,7 @@ pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
         args.mountpoint.display()
     );
 
-    wait_for_signal().await?;
+    crate::signals::Stop::new()?.wait().await;
     tracing::info!("unmounting {}", args.mountpoint.display());
     drop(watch);
     let unmounted = tokio::task::spawn_blocking(move || background.umount_and_join()).await?;
@@ -178,15 +178,4 @@ fn lazy_unmount(mountpoint: &Path) -> Result<(), Error> {
             mountpoint.display()
         ))),
     }
-}
-
-async fn wait_for_signal() -> Result<(), Error> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    Ok(())
 }

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 
-use super::names::{self, VALUE_FILE};
+use crate::names::{self, VALUE_FILE};
 
 /// A file or directory of the mount.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -1,7 +1,7 @@
 //! Running the real `shylock` binary against real etcd, and waiting on
 //! conditions with a deadline.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,221 @@
+//! `shylock import`: a JSON/YAML/TOML/properties document, or a directory
+//! of files, written into keys under a prefix; in one transaction when it
+//! fits in one, otherwise in batches with progress. `--prune` deletes keys
+//! the document no longer has; `--dry-run` only prints the changes.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+
+use crate::connect::ConnectArgs;
+use crate::document::{self, Format};
+use crate::exit::{msg, Error};
+use crate::names::{self, VALUE_FILE};
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// A JSON, YAML, TOML or properties document, or a directory of files
+    /// (such as one made by `shylock sync`).
+    pub file: PathBuf,
+
+    /// The etcd prefix to write under.
+    #[arg(long)]
+    pub prefix: String,
+
+    /// The document's format [default: from the file's extension].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+
+    /// Delete keys under the prefix that the document does not have.
+    #[arg(long)]
+    pub prune: bool,
+
+    /// Print the changes; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Operations per transaction (etcd's --max-txn-ops, 128 by default).
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+}
+
+/// One change to make.
+enum Op {
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+pub async fn run(connect: &ConnectArgs, args: ImportArgs) -> Result<(), Error> {
+    let desired = read_source(&args.file, args.format)?;
+    let base = args.prefix.trim_end_matches('/').to_owned();
+    let client = shylock::Client::connect(connect.options()?).await?;
+    let mut etcd = client.etcd();
+    let current = etcd
+        .get(format!("{base}/"), Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| msg(format!("cannot read {base}/: {e}")))?;
+    let revision = current.header().map_or(0, |h| h.revision());
+    let current: BTreeMap<String, Vec<u8>> = current
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            Some((
+                kv.key_str().ok()?[base.len() + 1..].to_owned(),
+                kv.value().to_vec(),
+            ))
+        })
+        .collect();
+
+    let mut ops = Vec::new();
+    let mut out = std::io::stdout().lock();
+    for (key, value) in &desired {
+        match current.get(key) {
+            Some(old) if old == value => {}
+            Some(_) => {
+                writeln!(out, "~ {base}/{key}")?;
+                ops.push(Op::Put(key.clone(), value.clone()));
+            }
+            None => {
+                writeln!(out, "+ {base}/{key}")?;
+                ops.push(Op::Put(key.clone(), value.clone()));
+            }
+        }
+    }
+    if args.prune {
+        for key in current.keys().filter(|k| !desired.contains_key(*k)) {
+            writeln!(out, "- {base}/{key}")?;
+            ops.push(Op::Delete(key.clone()));
+        }
+    }
+    drop(out);
+    if args.dry_run || ops.is_empty() {
+        eprintln!(
+            "{} change(s){}",
+            ops.len(),
+            if args.dry_run {
+                "; dry run, nothing written"
+            } else {
+                ""
+            }
+        );
+        return Ok(());
+    }
+
+    let txn_ops = |chunk: &[Op]| -> Vec<TxnOp> {
+        chunk
+            .iter()
+            .map(|op| match op {
+                Op::Put(key, value) => TxnOp::put(format!("{base}/{key}"), value.clone(), None),
+                Op::Delete(key) => TxnOp::delete(format!("{base}/{key}"), None),
+            })
+            .collect()
+    };
+    let batch = args.batch.max(1);
+    if ops.len() <= batch {
+        // One transaction, and only if nothing under the prefix changed since it was read.
+        let unchanged =
+            Compare::mod_revision(format!("{base}/"), CompareOp::Less, revision + 1).with_prefix();
+        let response = etcd
+            .txn(Txn::new().when([unchanged]).and_then(txn_ops(&ops)))
+            .await
+            .map_err(|e| msg(format!("import into {base}/ failed: {e}")))?;
+        if !response.succeeded() {
+            return Err(msg(format!(
+                "keys under {base}/ changed while importing; nothing was written, run it again"
+            )));
+        }
+        let revision = response.header().map_or(0, |h| h.revision());
+        eprintln!(
+            "{} change(s) written in one transaction (revision {revision})",
+            ops.len()
+        );
+        return Ok(());
+    }
+    let total = ops.len();
+    for (i, chunk) in ops.chunks(batch).enumerate() {
+        etcd.txn(Txn::new().and_then(txn_ops(chunk)))
+            .await
+            .map_err(|e| {
+                msg(format!(
+                    "import into {base}/ failed after {} of {total} changes: {e}",
+                    i * batch
+                ))
+            })?;
+        eprint!("\rimported {}/{total}", (i * batch + chunk.len()));
+    }
+    eprintln!(
+        "\n{total} change(s) written in {} transactions",
+        total.div_ceil(batch)
+    );
+    Ok(())
+}
+
+/// The keys (relative to the prefix) a file or directory stands for.
+fn read_source(path: &Path, format: Option<Format>) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| msg(format!("cannot read {}: {e}", path.display())))?;
+    if meta.is_dir() {
+        let mut keys = BTreeMap::new();
+        read_dir(path, "", &mut keys)?;
+        return Ok(keys);
+    }
+    let format = match format {
+        Some(format) => format,
+        None => match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => Format::Json,
+            Some("yaml" | "yml") => Format::Yaml,
+            Some("toml") => Format::Toml,
+            Some("properties") => Format::Properties,
+            _ => {
+                return Err(msg(format!(
+                    "cannot tell the format of {}; give --format",
+                    path.display()
+                )))
+            }
+        },
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| msg(format!("cannot read {}: {e}", path.display())))?;
+    let document =
+        document::parse(&text, format).map_err(|e| msg(format!("{}: {e}", path.display())))?;
+    Ok(document::flatten(&document))
+}
+
+/// Files as keys: names are decoded by the mount's rules; `..`-names (a
+/// synced directory's internals) are skipped; symlinks are followed.
+fn read_dir(dir: &Path, prefix: &str, keys: &mut BTreeMap<String, Vec<u8>>) -> Result<(), Error> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| msg(format!("cannot list {}: {e}", dir.display())))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let path = entry.path();
+        if name.to_string_lossy().starts_with("..") {
+            continue;
+        }
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| msg(format!("cannot read {}: {e}", path.display())))?;
+        if name == VALUE_FILE {
+            let own = prefix.trim_end_matches('/').to_owned();
+            keys.insert(own, std::fs::read(&path)?);
+            continue;
+        }
+        let segment = names::decode(&name)
+            .ok()
+            .and_then(|s| String::from_utf8(s).ok())
+            .ok_or_else(|| {
+                msg(format!(
+                    "{} is not a key name (a % must be written %25)",
+                    path.display()
+                ))
+            })?;
+        let key = format!("{prefix}{segment}");
+        if meta.is_dir() {
+            read_dir(&path, &format!("{key}/"), keys)?;
+        } else {
+            keys.insert(key, std::fs::read(&path)?);
+        }
+    }
+    Ok(())
+}

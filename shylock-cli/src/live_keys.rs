@@ -1,0 +1,104 @@
+//! A live copy of the keys under a prefix, for the file writer: the watch
+//! task keeps it current and reports which keys changed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use shylock::{TreeEvent, TreeWatch};
+use tokio::sync::mpsc;
+
+/// Keys (full etcd keys) and values.
+pub type Keys = BTreeMap<String, Vec<u8>>;
+
+pub struct LiveKeys {
+    keys: Arc<Mutex<Keys>>,
+    changes: mpsc::UnboundedReceiver<Vec<String>>,
+    _watch: TreeWatch,
+}
+
+impl LiveKeys {
+    /// Reads every key under `prefix/` (and the key `prefix` itself when
+    /// `with_key`) and follows them.
+    pub async fn follow(
+        client: &shylock::Client,
+        prefix: &str,
+        with_key: bool,
+    ) -> Result<LiveKeys, shylock::Error> {
+        let keys: Arc<Mutex<Keys>> = Arc::default();
+        let (tx, changes) = mpsc::unbounded_channel();
+        let copy = keys.clone();
+        let handler = move |event: TreeEvent<'_>| {
+            let mut keys = copy.lock().unwrap_or_else(PoisonError::into_inner);
+            let changed = match event {
+                TreeEvent::Changed { changes, .. } => changes
+                    .iter()
+                    .map(|(key, value, _)| {
+                        match value {
+                            Some(value) => keys.insert(key.clone(), value.clone()),
+                            None => keys.remove(key),
+                        };
+                        key.clone()
+                    })
+                    .collect(),
+                TreeEvent::Replaced { tree, .. } => {
+                    let mut changed: Vec<String> = keys.keys().cloned().collect();
+                    *keys = tree
+                        .iter()
+                        .map(|(k, e)| (k.to_owned(), e.value.clone()))
+                        .collect();
+                    changed.extend(keys.keys().cloned());
+                    changed
+                }
+                TreeEvent::Connection(Some(error)) => {
+                    tracing::warn!(%error, "etcd connection lost; files keep their last content");
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            };
+            if !changed.is_empty() {
+                let _ = tx.send(changed);
+            }
+        };
+        let (tree, _, watch) = if with_key {
+            client.watch_key_and_tree(prefix, handler).await?
+        } else {
+            client.watch_tree(prefix, handler).await?
+        };
+        *keys.lock().unwrap_or_else(PoisonError::into_inner) = tree
+            .iter()
+            .map(|(k, e)| (k.to_owned(), e.value.clone()))
+            .collect();
+        Ok(LiveKeys {
+            keys,
+            changes,
+            _watch: watch,
+        })
+    }
+
+    /// The keys as they are now.
+    pub fn snapshot(&self) -> Keys {
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits for the next change; returns the changed keys, with every other
+    /// change that is already waiting merged in.
+    pub async fn changed(&mut self) -> Option<Vec<String>> {
+        let mut keys = self.changes.recv().await?;
+        while let Ok(more) = self.changes.try_recv() {
+            keys.extend(more);
+        }
+        Some(keys)
+    }
+}
+
+/// The keys under `base/` relative to it (`db/url`), in key order.
+pub fn relative(keys: &Keys, base: &str) -> Vec<(String, Vec<u8>)> {
+    let prefix = format!("{base}/");
+    keys.range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, v)| (k[prefix.len()..].to_owned(), v.clone()))
+        .collect()
+}

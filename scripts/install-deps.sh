@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Installs what shylock's build, tests and demo need, when it is missing:
-# etcd (server and etcdctl), protoc (etcd-client's build) and fuse3.
+# etcd (server and etcdctl), protoc (etcd-client's build), fuse3, and nginx
+# (the file writer's tests render and reload a real one).
 # Installs nothing when everything is present.
 set -euo pipefail
 
 missing=()
-have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/bin/$1" ]; }
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/bin/$1" ] || [ -x "/usr/sbin/$1" ]; }
 have etcd || missing+=(etcd-server)
 have etcdctl || missing+=(etcd-client)
 have protoc || missing+=(protobuf-compiler)
 have fusermount3 || missing+=(fuse3)
+have nginx || missing+=(nginx-light)
 
 if ! have cargo; then
   echo "error: cargo is not installed; install Rust from https://rustup.rs first" >&2

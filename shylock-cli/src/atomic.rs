@@ -97,7 +97,6 @@ pub struct Staged {
 
 impl Staged {
     /// The staged file's path (for a check command).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn path(&self) -> &Path {
         &self.staged
     }

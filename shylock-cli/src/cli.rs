@@ -32,6 +32,9 @@ pub enum Command {
     /// Write a JSON/YAML/TOML/properties document, or a directory of files,
     /// into keys under a prefix (the producer side).
     Import(crate::import::ImportArgs),
+    /// Render confd-style template resources (conf.d/*.toml, templates/)
+    /// into files, with check and reload commands; keep them current.
+    Render(crate::render::RenderArgs),
 }
 
 /// How writes through the mount treat a concurrent change of the same key.
@@ -82,6 +85,7 @@ impl Cli {
             Command::Export(args) => crate::export::run(&self.connect, args).await,
             Command::Sync(args) => crate::sync::run(&self.connect, args).await,
             Command::Import(args) => crate::import::run(&self.connect, args).await,
+            Command::Render(args) => crate::render::run(&self.connect, args).await,
         }
     }
 }

@@ -13,7 +13,7 @@ pub type Keys = BTreeMap<String, Vec<u8>>;
 pub struct LiveKeys {
     keys: Arc<Mutex<Keys>>,
     changes: mpsc::UnboundedReceiver<Vec<String>>,
-    _watch: TreeWatch,
+    _watches: Vec<TreeWatch>,
 }
 
 impl LiveKeys {
@@ -24,9 +24,43 @@ impl LiveKeys {
         prefix: &str,
         with_key: bool,
     ) -> Result<LiveKeys, shylock::Error> {
+        Self::follow_many(client, &[prefix.to_owned()], with_key).await
+    }
+
+    /// Like [`follow`](Self::follow) for several prefixes, on the client's
+    /// one watch stream, into one copy and one change channel.
+    pub async fn follow_many(
+        client: &shylock::Client,
+        prefixes: &[String],
+        with_key: bool,
+    ) -> Result<LiveKeys, shylock::Error> {
         let keys: Arc<Mutex<Keys>> = Arc::default();
         let (tx, changes) = mpsc::unbounded_channel();
-        let copy = keys.clone();
+        let mut watches = Vec::new();
+        for prefix in prefixes {
+            let (tree, watch) =
+                Self::watch(client, prefix, with_key, keys.clone(), tx.clone()).await?;
+            keys.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(tree.iter().map(|(k, e)| (k.to_owned(), e.value.clone())));
+            watches.push(watch);
+        }
+        Ok(LiveKeys {
+            keys,
+            changes,
+            _watches: watches,
+        })
+    }
+
+    async fn watch(
+        client: &shylock::Client,
+        prefix: &str,
+        with_key: bool,
+        keys: Arc<Mutex<Keys>>,
+        tx: mpsc::UnboundedSender<Vec<String>>,
+    ) -> Result<(shylock::Tree, TreeWatch), shylock::Error> {
+        let copy = keys;
+        let scope = prefix.trim_end_matches('/').to_owned();
         let handler = move |event: TreeEvent<'_>| {
             let mut keys = copy.lock().unwrap_or_else(PoisonError::into_inner);
             let changed = match event {
@@ -41,12 +75,13 @@ impl LiveKeys {
                     })
                     .collect(),
                 TreeEvent::Replaced { tree, .. } => {
-                    let mut changed: Vec<String> = keys.keys().cloned().collect();
-                    *keys = tree
-                        .iter()
-                        .map(|(k, e)| (k.to_owned(), e.value.clone()))
-                        .collect();
-                    changed.extend(keys.keys().cloned());
+                    // Replace this watch's part of the copy only.
+                    let ours = |k: &str| k == scope || k.starts_with(&format!("{scope}/"));
+                    let mut changed: Vec<String> =
+                        keys.keys().filter(|k| ours(k)).cloned().collect();
+                    keys.retain(|k, _| !ours(k));
+                    keys.extend(tree.iter().map(|(k, e)| (k.to_owned(), e.value.clone())));
+                    changed.extend(tree.iter().map(|(k, _)| k.to_owned()));
                     changed
                 }
                 TreeEvent::Connection(Some(error)) => {
@@ -64,15 +99,7 @@ impl LiveKeys {
         } else {
             client.watch_tree(prefix, handler).await?
         };
-        *keys.lock().unwrap_or_else(PoisonError::into_inner) = tree
-            .iter()
-            .map(|(k, e)| (k.to_owned(), e.value.clone()))
-            .collect();
-        Ok(LiveKeys {
-            keys,
-            changes,
-            _watch: watch,
-        })
+        Ok((tree, watch))
     }
 
     /// The keys as they are now.

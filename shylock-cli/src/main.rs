@@ -11,6 +11,7 @@ mod import;
 mod live_keys;
 mod mount;
 mod names;
+mod render;
 mod signals;
 mod sync;
 

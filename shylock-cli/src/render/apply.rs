@@ -1,0 +1,85 @@
+//! One resource, once: render, stage next to the destination, run the
+//! check command against the staged file, install atomically.
+
+use std::time::Duration;
+
+use super::resource::Resource;
+use super::template;
+use crate::command;
+use crate::exit::Error;
+use crate::live_keys::Keys;
+
+/// What a pass does with rendered content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Write, check and reload.
+    Write,
+    /// Write without check or reload (`--sync-only`).
+    SyncOnly,
+    /// Print what would change (`--noop`).
+    Noop,
+}
+
+/// Renders and installs one resource; returns whether its file changed.
+/// A failing check leaves the old file in place.
+pub async fn install(
+    resource: &Resource,
+    keys: &Keys,
+    mode: Mode,
+    timeout: Duration,
+) -> Result<bool, Error> {
+    let content = template::render(resource, keys)?;
+    let target = &resource.target;
+    if target.is_current(content.as_bytes()) {
+        return Ok(false);
+    }
+    if mode == Mode::Noop {
+        print_diff(resource, &content);
+        return Ok(false);
+    }
+    let staged = target.stage(content.as_bytes())?;
+    if let (Mode::Write, Some(check)) = (mode, &resource.check_cmd) {
+        let src = staged.path().display().to_string();
+        let script = ["{{.src}}", "{{ .src }}", "{{src}}", "{{ src }}"]
+            .iter()
+            .fold(check.clone(), |script, token| script.replace(token, &src));
+        command::run("check_cmd", &script, timeout).await?;
+    }
+    staged.install()?;
+    tracing::info!(resource = %resource.name, dest = %target.path.display(), "written");
+    Ok(true)
+}
+
+/// `--noop`: a unified diff of the file, and mode or owner changes.
+fn print_diff(resource: &Resource, content: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let path = &resource.target.path;
+    let current = std::fs::read_to_string(path).unwrap_or_default();
+    let diff = similar::TextDiff::from_lines(current.as_str(), content);
+    let name = path.display().to_string();
+    print!(
+        "{}",
+        diff.unified_diff().header(&name, &format!("{name} (new)"))
+    );
+    if let Ok(meta) = std::fs::metadata(path) {
+        let target = &resource.target;
+        if meta.mode() & 0o7777 != target.mode {
+            println!(
+                "mode of {name}: {:o} -> {:o}",
+                meta.mode() & 0o7777,
+                target.mode
+            );
+        }
+        if target.uid.is_some_and(|u| u != meta.uid())
+            || target.gid.is_some_and(|g| g != meta.gid())
+        {
+            println!(
+                "owner of {name}: {}:{} -> {:?}:{:?}",
+                meta.uid(),
+                meta.gid(),
+                target.uid,
+                target.gid
+            );
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! `shylock render`: confd-style template resources, rendered from etcd.
+//!
+//! One watch stream follows the keys of every resource; a change renders
+//! only the resources whose keys it touched, after their `wait` quiescence,
+//! as one batch in which resources sharing a `reload_cmd` reload once. A
+//! failed render, check or reload is retried with backoff until it succeeds
+//! or the keys change again. SIGHUP re-reads the confdir.
+
+mod apply;
+mod resource;
+mod srv;
+mod template;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::connect::ConnectArgs;
+use crate::exit::{msg, Error};
+use crate::live_keys::LiveKeys;
+pub use apply::Mode;
+use resource::{Resource, Wait};
+
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// The directory holding conf.d/*.toml resources and templates/.
+    #[arg(long, default_value = "/etc/shylock")]
+    pub confdir: PathBuf,
+
+    /// Render every resource once, run checks and reloads, and exit; the exit
+    /// status is non-zero if any resource failed.
+    #[arg(long)]
+    pub onetime: bool,
+
+    /// Print a diff of what would change; touch nothing, run nothing.
+    #[arg(long)]
+    pub noop: bool,
+
+    /// Write files but run no check or reload command.
+    #[arg(long)]
+    pub sync_only: bool,
+
+    /// A prefix put before every resource's own prefix.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+
+    /// Quiescence before rendering, for resources without their own `wait`:
+    /// this long after the last change ...
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub wait_min: Duration,
+
+    /// ... but no longer than this after the first.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub wait_max: Duration,
+
+    /// Time limit of each check and reload command.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub command_timeout: Duration,
+
+    /// First delay before retrying a failed resource (doubling each time).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub retry_min: Duration,
+
+    /// Longest delay between retries.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub retry_max: Duration,
+}
+
+/// Where one resource stands.
+#[derive(Default)]
+struct State {
+    /// Keys changed at the first and last of these instants, not rendered yet.
+    dirty: Option<(Instant, Instant)>,
+    /// A failed attempt is retried at this instant.
+    retry: Option<(Instant, Duration)>,
+    /// The file changed and its reload has not succeeded yet.
+    needs_reload: bool,
+}
+
+pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
+    let mode = match (args.noop, args.sync_only) {
+        (true, _) => Mode::Noop,
+        (false, true) => Mode::SyncOnly,
+        (false, false) => Mode::Write,
+    };
+    let mut resources = resource::load(&args.confdir, &args.prefix)?;
+    let client = shylock::Client::connect(connect.options()?).await?;
+    let mut live = LiveKeys::follow_many(&client, &watched(&resources), true).await?;
+    let mut states: Vec<State> = resources.iter().map(|_| State::default()).collect();
+
+    if args.onetime || args.noop {
+        let all: Vec<usize> = (0..resources.len()).collect();
+        let failed = batch(&resources, &mut states, &all, &live, mode, &args).await;
+        return match failed {
+            0 => Ok(()),
+            n => Err(msg(format!(
+                "{n} of {} template resource(s) failed",
+                resources.len()
+            ))),
+        };
+    }
+
+    let mut stop = crate::signals::Stop::new()?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let now = Instant::now();
+    for state in &mut states {
+        state.dirty = Some((now, now));
+    }
+    loop {
+        let now = Instant::now();
+        let due: Vec<usize> = (0..resources.len())
+            .filter(|&i| {
+                next_due(&states[i], wait_of(&resources[i], &args)).is_some_and(|at| at <= now)
+            })
+            .collect();
+        if !due.is_empty() {
+            batch(&resources, &mut states, &due, &live, mode, &args).await;
+            continue;
+        }
+        let next = (0..resources.len())
+            .filter_map(|i| next_due(&states[i], wait_of(&resources[i], &args)))
+            .min();
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = live.changed() => {
+                let keys = changed.ok_or_else(|| msg("the watch ended"))?;
+                let now = Instant::now();
+                for (resource, state) in resources.iter().zip(&mut states) {
+                    if keys.iter().any(|k| resource.uses(k)) {
+                        let first = state.dirty.map_or(now, |(first, _)| first);
+                        state.dirty = Some((first, now));
+                        // New keys: render on the normal path, not the retry's.
+                        state.retry = None;
+                    }
+                }
+            }
+            () = sleep => {}
+            _ = hangup.recv() => match resource::load(&args.confdir, &args.prefix) {
+                Ok(new) => {
+                    tracing::info!(resources = new.len(), "SIGHUP: confdir re-read");
+                    if watched(&new) != watched(&resources) {
+                        live = LiveKeys::follow_many(&client, &watched(&new), true).await?;
+                    }
+                    resources = new;
+                    let now = Instant::now();
+                    states = resources.iter().map(|_| State { dirty: Some((now, now)), ..State::default() }).collect();
+                }
+                Err(error) => tracing::error!(%error, "SIGHUP: confdir not reloaded; keeping the current one"),
+            },
+            () = stop.wait() => return Ok(()),
+        }
+    }
+}
+
+/// Every full prefix watched, without ones another covers.
+fn watched(resources: &[Resource]) -> Vec<String> {
+    let mut all: Vec<String> = resources.iter().flat_map(Resource::watched).collect();
+    all.sort();
+    all.dedup();
+    let copy = all.clone();
+    all.retain(|p| !copy.iter().any(|q| q != p && resource::covers(q, p)));
+    all
+}
+
+fn wait_of(resource: &Resource, args: &RenderArgs) -> Wait {
+    resource.wait.unwrap_or(Wait {
+        min: args.wait_min,
+        max: args.wait_max.max(args.wait_min),
+    })
+}
+
+/// When a resource should next be rendered, if at all.
+fn next_due(state: &State, wait: Wait) -> Option<Instant> {
+    let dirty = state
+        .dirty
+        .map(|(first, last)| (last + wait.min).min(first + wait.max));
+    let retry = state.retry.map(|(at, _)| at);
+    match (dirty, retry) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Renders the given resources as one batch; reload commands shared by
+/// several of them run once. Returns how many failed.
+async fn batch(
+    resources: &[Resource],
+    states: &mut [State],
+    due: &[usize],
+    live: &LiveKeys,
+    mode: Mode,
+    args: &RenderArgs,
+) -> usize {
+    let keys = live.snapshot();
+    let mut failed = vec![false; resources.len()];
+    let mut reloads: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for &i in due {
+        let (resource, state) = (&resources[i], &mut states[i]);
+        state.dirty = None;
+        match apply::install(resource, &keys, mode, args.command_timeout).await {
+            Ok(changed) => state.needs_reload |= changed && mode == Mode::Write,
+            Err(error) => {
+                tracing::error!(resource = %resource.name, %error, "not rendered; the old file stays");
+                failed[i] = true;
+            }
+        }
+        if let (true, Some(reload)) = (state.needs_reload, &resource.reload_cmd) {
+            reloads.entry(reload).or_default().push(i);
+        } else {
+            state.needs_reload = false;
+        }
+    }
+    for (reload, users) in reloads {
+        match crate::command::run("reload_cmd", reload, args.command_timeout).await {
+            Ok(()) => {
+                tracing::info!(command = reload, resources = users.len(), "reloaded");
+                for i in users {
+                    states[i].needs_reload = false;
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "reload failed; it will be retried");
+                for i in users {
+                    failed[i] = true;
+                }
+            }
+        }
+    }
+    let now = Instant::now();
+    for &i in due {
+        let state = &mut states[i];
+        state.retry = if failed[i] {
+            let backoff = state
+                .retry
+                .map_or(args.retry_min, |(_, b)| (b * 2).min(args.retry_max));
+            Some((now + backoff, backoff))
+        } else {
+            None
+        };
+    }
+    failed.iter().filter(|f| **f).count()
+}

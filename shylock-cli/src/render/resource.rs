@@ -1,0 +1,278 @@
+//! Template resources: confd's `conf.d/*.toml` files, read unchanged, with
+//! an unknown field refused by name.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::atomic::Target;
+use crate::command::parse_mode;
+use crate::exit::{msg, Error};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourceFile {
+    template: Fields,
+}
+
+/// confd's fields, plus `min_keys` and `wait`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fields {
+    src: String,
+    dest: PathBuf,
+    #[serde(default)]
+    keys: Vec<String>,
+    prefix: Option<String>,
+    mode: Option<String>,
+    owner: Option<String>,
+    group: Option<String>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    check_cmd: Option<String>,
+    reload_cmd: Option<String>,
+    /// Refuse to render while fewer keys than this exist under `keys`.
+    min_keys: Option<usize>,
+    wait: Option<WaitFields>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitFields {
+    min: String,
+    max: Option<String>,
+}
+
+/// Quiescence before rendering: `min` after the last change, at most `max`
+/// after the first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wait {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Resource {
+    /// The resource file's name, for logs and errors.
+    pub name: String,
+    pub template: PathBuf,
+    pub target: Target,
+    /// The full etcd prefix the resource's keys are relative to.
+    pub prefix: String,
+    /// Keys and prefixes (relative to `prefix`) the template may read.
+    pub keys: Vec<String>,
+    pub check_cmd: Option<String>,
+    pub reload_cmd: Option<String>,
+    pub min_keys: Option<usize>,
+    pub wait: Option<Wait>,
+}
+
+impl Resource {
+    /// The full etcd prefixes of its keys.
+    pub fn watched(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .map(|k| full_key(&self.prefix, k))
+            .collect()
+    }
+
+    /// Whether a change of the full etcd key `key` concerns this resource.
+    pub fn uses(&self, key: &str) -> bool {
+        self.watched().iter().any(|w| covers(w, key))
+    }
+}
+
+/// `prefix` + `key`, with exactly one `/` between.
+pub fn full_key(prefix: &str, key: &str) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    if key.starts_with('/') {
+        format!("{prefix}{key}")
+    } else {
+        format!("{prefix}/{key}")
+    }
+}
+
+/// Whether the key or prefix `scope` covers `key`.
+pub fn covers(scope: &str, key: &str) -> bool {
+    let scope = scope.trim_end_matches('/');
+    scope.is_empty() || key == scope || key.starts_with(&format!("{scope}/"))
+}
+
+/// Reads every `conf.d/*.toml` of a confdir. `global_prefix` comes before
+/// each resource's own prefix (it does not replace it, as it does in confd).
+pub fn load(confdir: &Path, global_prefix: &str) -> Result<Vec<Resource>, Error> {
+    let dir = confdir.join("conf.d");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| msg(format!("cannot read {}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(msg(format!(
+            "no template resources (*.toml) in {}",
+            dir.display()
+        )));
+    }
+    files
+        .iter()
+        .map(|file| parse(confdir, file, global_prefix))
+        .collect()
+}
+
+fn parse(confdir: &Path, file: &Path, global_prefix: &str) -> Result<Resource, Error> {
+    let name = file
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let err = |e: String| msg(format!("template resource {}: {e}", file.display()));
+    let text = std::fs::read_to_string(file).map_err(|e| err(e.to_string()))?;
+    let fields = toml::from_str::<ResourceFile>(&text)
+        .map_err(|e| err(e.message().to_owned()))?
+        .template;
+    let mode = match &fields.mode {
+        Some(mode) => parse_mode(mode).map_err(err)?,
+        None => 0o644,
+    };
+    let uid = match (&fields.owner, fields.uid) {
+        (Some(owner), _) => Some(user_id(owner).map_err(err)?),
+        (None, uid) => uid,
+    };
+    let gid = match (&fields.group, fields.gid) {
+        (Some(group), _) => Some(group_id(group).map_err(err)?),
+        (None, gid) => gid,
+    };
+    let parse_duration = |text: &str| {
+        humantime::parse_duration(text).map_err(|e| err(format!("wait: {text:?}: {e}")))
+    };
+    let wait = match &fields.wait {
+        Some(w) => {
+            let min = parse_duration(&w.min)?;
+            let max = w
+                .max
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?
+                .unwrap_or(min * 4);
+            Some(Wait {
+                min,
+                max: max.max(min),
+            })
+        }
+        None => None,
+    };
+    let prefix = full_key(global_prefix, fields.prefix.as_deref().unwrap_or(""));
+    let prefix = prefix.trim_end_matches('/').to_owned();
+    if fields.keys.is_empty() {
+        return Err(err(
+            "`keys` is empty: list the keys or prefixes the template reads".into(),
+        ));
+    }
+    Ok(Resource {
+        name,
+        template: confdir.join("templates").join(&fields.src),
+        target: Target {
+            path: fields.dest,
+            mode,
+            uid,
+            gid,
+        },
+        prefix,
+        keys: fields.keys,
+        check_cmd: fields.check_cmd,
+        reload_cmd: fields.reload_cmd,
+        min_keys: fields.min_keys,
+        wait,
+    })
+}
+
+/// A user name or number.
+fn user_id(owner: &str) -> Result<u32, String> {
+    if let Ok(uid) = owner.parse() {
+        return Ok(uid);
+    }
+    let name = CString::new(owner).map_err(|_| format!("bad owner {owner:?}"))?;
+    // SAFETY: getpwnam returns null or a pointer to static storage, read at once.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    if entry.is_null() {
+        return Err(format!("owner {owner:?} is not a user on this system"));
+    }
+    Ok(unsafe { (*entry).pw_uid })
+}
+
+/// A group name or number.
+fn group_id(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let name = CString::new(group).map_err(|_| format!("bad group {group:?}"))?;
+    // SAFETY: getgrnam returns null or a pointer to static storage, read at once.
+    let entry = unsafe { libc::getgrnam(name.as_ptr()) };
+    if entry.is_null() {
+        return Err(format!("group {group:?} is not a group on this system"));
+    }
+    Ok(unsafe { (*entry).gr_gid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn confdir(resource: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+        std::fs::write(dir.path().join("conf.d/app.toml"), resource).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_confd_resource_reads_unchanged() {
+        let dir = confdir(
+            r#"[template]
+src = "nginx.tmpl"
+dest = "/tmp/nginx.conf"
+keys = ["/nginx", "/services/web"]
+prefix = "/production"
+owner = "root"
+group = "root"
+mode = "0600"
+check_cmd = "/usr/sbin/nginx -t -c {{.src}}"
+reload_cmd = "/usr/sbin/service nginx reload"
+"#,
+        );
+        let r = &load(dir.path(), "").unwrap()[0];
+        assert_eq!(
+            (r.target.mode, r.target.uid, r.target.gid),
+            (0o600, Some(0), Some(0))
+        );
+        assert_eq!(
+            r.watched(),
+            ["/production/nginx", "/production/services/web"]
+        );
+        assert!(r.uses("/production/nginx/upstream/a") && !r.uses("/production/nginxx"));
+        assert_eq!(
+            load(dir.path(), "/dc1").unwrap()[0].prefix,
+            "/dc1/production"
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_is_named() {
+        let dir = confdir(
+            "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\nchek_cmd = \"true\"\n",
+        );
+        let error = load(dir.path(), "").unwrap_err().to_string();
+        assert!(
+            error.contains("chek_cmd") && error.contains("app.toml"),
+            "{error}"
+        );
+        let dir = confdir("[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\nowner = \"no-such-user-x\"\n");
+        assert!(load(dir.path(), "")
+            .unwrap_err()
+            .to_string()
+            .contains("no-such-user-x"));
+    }
+}

@@ -1,0 +1,202 @@
+//! `lookupSRV`: a DNS SRV query over UDP to the system's nameservers
+//! (`/etc/resolv.conf`), for confd's template function of that name.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use minijinja::Value;
+
+/// SRV records of `_service._proto.name`, sorted by priority and weight,
+/// as `{Target, Port, Priority, Weight}`.
+pub fn lookup(service: &str, proto: &str, name: &str) -> Result<Vec<Value>, String> {
+    let servers = nameservers();
+    if servers.is_empty() {
+        return Err("no nameserver in /etc/resolv.conf".into());
+    }
+    let mut last = String::new();
+    for server in servers {
+        match query(server, &format!("_{service}._{proto}.{name}")) {
+            Ok(records) => return Ok(records),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn nameservers() -> Vec<SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// One SRV query to one server.
+pub fn query(server: SocketAddr, qname: &str) -> Result<Vec<Value>, String> {
+    let bind = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let id = (std::process::id() as u16) ^ 0x5a5a;
+    let mut packet = vec![
+        (id >> 8) as u8,
+        id as u8,
+        0x01,
+        0x00,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    for label in qname.trim_end_matches('.').split('.') {
+        packet.push(label.len() as u8);
+        packet.extend_from_slice(label.as_bytes());
+    }
+    packet.extend_from_slice(&[0, 0, 33, 0, 1]);
+    socket.send_to(&packet, server).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4096];
+    let (len, _) = socket
+        .recv_from(&mut buf)
+        .map_err(|e| format!("no answer from {server}: {e}"))?;
+    parse(&buf[..len], id)
+}
+
+fn parse(msg: &[u8], id: u16) -> Result<Vec<Value>, String> {
+    let short = || "truncated DNS answer".to_string();
+    if msg.len() < 12 || u16::from_be_bytes([msg[0], msg[1]]) != id {
+        return Err("bad DNS answer".into());
+    }
+    match msg[3] & 0x0f {
+        0 => {}
+        3 => return Err("no such name".into()),
+        code => return Err(format!("DNS error code {code}")),
+    }
+    let questions = u16::from_be_bytes([msg[4], msg[5]]);
+    let answers = u16::from_be_bytes([msg[6], msg[7]]);
+    let mut pos = 12;
+    for _ in 0..questions {
+        pos = skip_name(msg, pos).ok_or_else(short)? + 4;
+    }
+    let mut records = Vec::new();
+    for _ in 0..answers {
+        pos = skip_name(msg, pos).ok_or_else(short)?;
+        let header = msg.get(pos..pos + 10).ok_or_else(short)?;
+        let kind = u16::from_be_bytes([header[0], header[1]]);
+        let rdlen = u16::from_be_bytes([header[8], header[9]]) as usize;
+        let data = pos + 10;
+        if kind == 33 {
+            let rd = msg.get(data..data + 6).ok_or_else(short)?;
+            let priority = u16::from_be_bytes([rd[0], rd[1]]);
+            let weight = u16::from_be_bytes([rd[2], rd[3]]);
+            let port = u16::from_be_bytes([rd[4], rd[5]]);
+            let target = read_name(msg, data + 6).ok_or_else(short)?;
+            records.push((priority, std::cmp::Reverse(weight), target, port));
+        }
+        pos = data + rdlen;
+    }
+    records.sort();
+    Ok(records
+        .into_iter()
+        .map(|(priority, weight, target, port)| {
+            let mut map = BTreeMap::new();
+            map.insert("Target", Value::from(target));
+            map.insert("Port", Value::from(port));
+            map.insert("Priority", Value::from(priority));
+            map.insert("Weight", Value::from(weight.0));
+            Value::from_serialize(map)
+        })
+        .collect())
+}
+
+fn skip_name(msg: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        let len = *msg.get(pos)? as usize;
+        if len == 0 {
+            return Some(pos + 1);
+        }
+        if len & 0xc0 == 0xc0 {
+            return Some(pos + 2);
+        }
+        pos += 1 + len;
+    }
+}
+
+fn read_name(msg: &[u8], mut pos: usize) -> Option<String> {
+    let mut labels = Vec::new();
+    for _ in 0..64 {
+        let len = *msg.get(pos)? as usize;
+        if len == 0 {
+            return Some(labels.join("."));
+        }
+        if len & 0xc0 == 0xc0 {
+            pos = ((len & 0x3f) << 8) | *msg.get(pos + 1)? as usize;
+            continue;
+        }
+        labels.push(String::from_utf8_lossy(msg.get(pos + 1..pos + 1 + len)?).into_owned());
+        pos += 1 + len;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-shot DNS server on loopback answering with two SRV records.
+    #[test]
+    fn srv_records_from_a_local_server() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let address = server.local_addr().unwrap();
+        let responder = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let (len, from) = server.recv_from(&mut buf).unwrap();
+            let query = &buf[..len];
+            let mut answer = query.to_vec();
+            answer[2] = 0x81;
+            answer[3] = 0x80;
+            answer[7] = 2; // two answers
+            for (priority, weight, port, host) in [
+                (20u16, 5u16, 8080u16, "b.example"),
+                (10, 5, 80, "a.example"),
+            ] {
+                answer.extend_from_slice(&[0xc0, 12, 0, 33, 0, 1, 0, 0, 0, 60]);
+                let mut rdata = Vec::new();
+                rdata.extend_from_slice(&priority.to_be_bytes());
+                rdata.extend_from_slice(&weight.to_be_bytes());
+                rdata.extend_from_slice(&port.to_be_bytes());
+                for label in host.split('.') {
+                    rdata.push(label.len() as u8);
+                    rdata.extend_from_slice(label.as_bytes());
+                }
+                rdata.push(0);
+                answer.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+                answer.extend_from_slice(&rdata);
+            }
+            server.send_to(&answer, from).unwrap();
+        });
+        let records = query(address, "_http._tcp.example").unwrap();
+        responder.join().unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(
+            records[0].get_attr("Target").unwrap().to_string(),
+            "a.example"
+        );
+        assert_eq!(records[0].get_attr("Port").unwrap().to_string(), "80");
+        assert_eq!(
+            records[1].get_attr("Target").unwrap().to_string(),
+            "b.example"
+        );
+    }
+}

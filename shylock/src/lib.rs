@@ -67,7 +67,7 @@ pub use crate::config::{Dependency, DependencyKind, EtcdConfig};
 pub use crate::decode::{DecodeError, FromValue};
 pub use crate::error::{ConfigError, Error, Problem, ProblemKind, Result};
 pub use crate::event::{Change, Event, KeyChange};
-pub use crate::live::{Cached, Live, Snapshot};
+pub use crate::live::{Cached, Live, Publisher, Snapshot};
 pub use crate::snapshot::SnapshotError;
 pub use crate::startup::{ConfigOptions, Startup};
 pub use crate::status::Status;

@@ -88,7 +88,8 @@ struct Shared<T> {
 pub struct Live<T> {
     shared: Arc<Shared<T>>,
     seen: watch::Receiver<Arc<Snapshot<T>>>,
-    _client: Client,
+    /// The connection, for configs that follow etcd.
+    client: Option<Client>,
 }
 
 impl<T> Clone for Live<T> {
@@ -96,7 +97,7 @@ impl<T> Clone for Live<T> {
         Live {
             shared: self.shared.clone(),
             seen: self.shared.notify.subscribe(),
-            _client: self._client.clone(),
+            client: self.client.clone(),
         }
     }
 }
@@ -120,25 +121,14 @@ impl<T: EtcdConfig> Live<T> {
         if let (Origin::Etcd, Some((path, secrets))) = (origin, &snapshot) {
             save_snapshot(path, prefix, revision, &tree, &dependencies, *secrets);
         }
-        let first = Arc::new(Snapshot { value, revision });
-        let (notify, seen) = watch::channel(first.clone());
-        let shared = Arc::new(Shared {
-            current: ArcSwap::new(first),
-            prefix: prefix.to_owned(),
+        let (shared, seen) = Shared::new(
+            value,
+            prefix,
             dependencies,
-            status: Mutex::new(Status {
-                revision,
-                applied_revision: revision,
-                last_event: Some(SystemTime::now()),
-                synced: origin == Origin::Etcd,
-                ..Status::default()
-            }),
-            tree: Mutex::new(tree),
-            notify,
-            applied: watch::channel(revision).0,
-            events: broadcast::channel(EVENT_BUFFER).0,
-            callbacks: Mutex::new(Vec::new()),
-        });
+            tree,
+            revision,
+            origin == Origin::Etcd,
+        );
         let sink = LiveSink {
             shared: shared.clone(),
             pending: Vec::new(),
@@ -154,8 +144,96 @@ impl<T: EtcdConfig> Live<T> {
         Ok(Live {
             shared,
             seen,
-            _client: client,
+            client: Some(client),
         })
+    }
+}
+
+impl<T> Shared<T> {
+    fn new(
+        value: T,
+        prefix: &str,
+        dependencies: Vec<Dependency>,
+        tree: Tree,
+        revision: i64,
+        synced: bool,
+    ) -> (Arc<Self>, watch::Receiver<Arc<Snapshot<T>>>) {
+        let first = Arc::new(Snapshot { value, revision });
+        let (notify, seen) = watch::channel(first.clone());
+        let shared = Arc::new(Shared {
+            current: ArcSwap::new(first),
+            prefix: prefix.to_owned(),
+            dependencies,
+            status: Mutex::new(Status {
+                revision,
+                applied_revision: revision,
+                last_event: Some(SystemTime::now()),
+                synced,
+                ..Status::default()
+            }),
+            tree: Mutex::new(tree),
+            notify,
+            applied: watch::channel(revision).0,
+            events: broadcast::channel(EVENT_BUFFER).0,
+            callbacks: Mutex::new(Vec::new()),
+        });
+        (shared, seen)
+    }
+}
+
+impl<T: Send + Sync + 'static> Live<T> {
+    /// A live config that the program feeds itself, without etcd: for unit
+    /// tests of code that takes a `Live<T>`. Every [`Publisher::publish`]
+    /// swaps in a new snapshot and notifies handles as an etcd update would.
+    ///
+    /// ```
+    /// let (live, publisher) = shylock::Live::local(8080u16);
+    /// assert_eq!(*live.load().value(), 8080);
+    /// publisher.publish(9090);
+    /// assert_eq!(*live.load().value(), 9090);
+    /// assert_eq!(live.load().revision(), 2);
+    /// ```
+    pub fn local(value: T) -> (Live<T>, Publisher<T>) {
+        let (shared, seen) = Shared::new(value, "", Vec::new(), Tree::default(), 1, true);
+        let publisher = Publisher {
+            shared: shared.clone(),
+        };
+        (
+            Live {
+                shared,
+                seen,
+                client: None,
+            },
+            publisher,
+        )
+    }
+}
+
+/// Feeds a [`Live::local`] config.
+pub struct Publisher<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Publisher<T> {
+    /// Swaps in a new value; returns its revision (one more each time).
+    pub fn publish(&self, value: T) -> i64 {
+        let shared = &*self.shared;
+        let revision = shared.current.load().revision + 1;
+        let snapshot = Arc::new(Snapshot { value, revision });
+        shared.current.store(snapshot.clone());
+        {
+            let mut status = lock(&shared.status);
+            status.revision = revision;
+            status.accepted_updates += 1;
+            status.last_event = Some(SystemTime::now());
+        }
+        shared.notify.send_replace(snapshot);
+        shared.confirm(revision);
+        let _ = shared.events.send(Event::Changed(Change {
+            revision,
+            keys: Vec::new(),
+        }));
+        revision
     }
 }
 
@@ -201,11 +279,12 @@ impl<T> Live<T> {
                 // A write outside this config's keys sends it no event: if
                 // its keys at `revision` are what it holds, it is current.
                 compared = true;
-                if let Ok(theirs) = self
-                    ._client
-                    .read_at(&self.shared.dependencies, revision)
-                    .await
-                {
+                let Some(client) = &self.client else {
+                    // A local config: only publish moves it.
+                    applied.changed().await.map_err(|_| Error::Closed)?;
+                    continue;
+                };
+                if let Ok(theirs) = client.read_at(&self.shared.dependencies, revision).await {
                     if same_keys(&theirs, &lock(&self.shared.tree)) {
                         self.shared.confirm(revision);
                         continue;

@@ -1,5 +1,5 @@
 # The two commands of shylock: `make demo` and `make test`.
-.PHONY: all deps demo test lint fmt
+.PHONY: all deps demo test lint fmt bench
 
 all: test
 
@@ -24,3 +24,12 @@ lint:
 
 fmt:
 	cargo fmt --all
+
+# Every speed figure against its baseline, as one table (not part of `make test`).
+# valgrind counts instructions for the read path.
+bench: deps
+	@command -v valgrind >/dev/null || (apt-get install -y -q valgrind >/dev/null 2>&1 || true)
+	cargo build --release --quiet -p shylock-cli
+	cargo build --release --quiet -p shylock-examples --example bench
+	cargo bench -p shylock --bench read_path -- --warm-up-time 1 --measurement-time 3
+	target/release/examples/bench

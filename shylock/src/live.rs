@@ -252,9 +252,9 @@ impl<T> Live<T> {
 
     /// A reader for hot loops: after the first call, a read costs a check of
     /// one counter until the config changes (arc-swap's `Cache`).
-    pub fn cached(&self) -> Cached<T> {
+    pub fn cached(&self) -> Cached<'_, T> {
         Cached {
-            cache: Cache::new(SwapRef(self.shared.clone())),
+            cache: Cache::new(&self.shared.current),
         }
     }
 
@@ -340,25 +340,15 @@ impl<T> Shared<T> {
 }
 
 /// A per-thread reader made by [`Live::cached`].
-pub struct Cached<T> {
-    cache: Cache<SwapRef<T>, Arc<Snapshot<T>>>,
+pub struct Cached<'a, T> {
+    cache: Cache<&'a ArcSwap<Snapshot<T>>, Arc<Snapshot<T>>>,
 }
 
-impl<T> Cached<T> {
+impl<T> Cached<'_, T> {
     /// The current config; cheaper than [`Live::load`] in hot loops.
     #[inline]
     pub fn load(&mut self) -> &Snapshot<T> {
         self.cache.load()
-    }
-}
-
-struct SwapRef<T>(Arc<Shared<T>>);
-
-impl<T> Deref for SwapRef<T> {
-    type Target = ArcSwap<Snapshot<T>>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0.current
     }
 }
 

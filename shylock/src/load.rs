@@ -6,8 +6,9 @@ use crate::config::{Dependency, DependencyKind};
 use crate::error::{Error, Result};
 use crate::tree::Tree;
 
-/// Keys per page when a prefix holds more than fits one response.
-const PAGE: i64 = 5_000;
+/// Keys per page when a prefix holds more than fits one response (the
+/// client accepts responses of up to 64 MiB).
+const PAGE: i64 = 50_000;
 /// etcd's default `--max-txn-ops`; past it, one range over all dependencies.
 const MAX_TXN_OPS: usize = 128;
 

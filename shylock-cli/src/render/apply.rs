@@ -24,7 +24,7 @@ pub enum Mode {
 /// A failing check leaves the old file in place.
 pub async fn install(
     resource: &Resource,
-    keys: &Keys,
+    keys: &std::sync::Arc<Keys>,
     mode: Mode,
     timeout: Duration,
 ) -> Result<bool, Error> {

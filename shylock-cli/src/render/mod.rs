@@ -198,7 +198,8 @@ async fn batch(
     mode: Mode,
     args: &RenderArgs,
 ) -> usize {
-    let keys = live.snapshot();
+    // One copy of the keys for the whole batch.
+    let keys = std::sync::Arc::new(live.snapshot());
     let mut failed = vec![false; resources.len()];
     let mut reloads: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for &i in due {

@@ -97,7 +97,10 @@ pub fn full_key(prefix: &str, key: &str) -> String {
 /// Whether the key or prefix `scope` covers `key`.
 pub fn covers(scope: &str, key: &str) -> bool {
     let scope = scope.trim_end_matches('/');
-    scope.is_empty() || key == scope || key.starts_with(&format!("{scope}/"))
+    scope.is_empty()
+        || key
+            .strip_prefix(scope)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Reads every `conf.d/*.toml` of a confdir. `global_prefix` comes before

@@ -24,7 +24,7 @@ use crate::live_keys::Keys;
 
 /// What a render may read: the keys, and the resource's scope.
 struct Scope {
-    keys: Keys,
+    keys: Arc<Keys>,
     prefix: String,
     allowed: Vec<String>,
     template: String,
@@ -138,7 +138,7 @@ fn kv(key: &str, value: &str) -> Value {
 }
 
 /// Renders a resource's template with the keys as they are now.
-pub fn render(resource: &Resource, keys: &Keys) -> Result<String, Error> {
+pub fn render(resource: &Resource, keys: &Arc<Keys>) -> Result<String, Error> {
     let source = std::fs::read_to_string(&resource.template).map_err(|e| {
         msg(format!(
             "cannot read template {}: {e}",
@@ -146,7 +146,7 @@ pub fn render(resource: &Resource, keys: &Keys) -> Result<String, Error> {
         ))
     })?;
     let scope = Arc::new(Scope {
-        keys: keys.clone(),
+        keys: Arc::clone(keys),
         prefix: resource.prefix.clone(),
         allowed: resource.watched(),
         template: resource.template.display().to_string(),
@@ -356,11 +356,13 @@ mod tests {
         }
     }
 
-    fn keys(pairs: &[(&str, &str)]) -> Keys {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect()
+    fn keys(pairs: &[(&str, &str)]) -> Arc<Keys> {
+        Arc::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        )
     }
 
     #[test]

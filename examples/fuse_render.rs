@@ -1,0 +1,331 @@
+//! The mount's and the file writer's figures, against tmpfs and against
+//! confd's way of rendering (re-read the whole prefix on every change).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{GetOptions, Txn, TxnOp, WatchOptions};
+use shylock::testing::EtcdServer;
+
+use crate::{ms, percentile, raw_watcher, Row};
+
+fn shylock_binary() -> PathBuf {
+    // target/release/examples/bench -> target/release/shylock
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("shylock")
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "bench: timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Every file under `root`, read once; the time it took.
+fn read_all(root: &Path) -> Duration {
+    let start = Instant::now();
+    let mut bytes = 0usize;
+    for dir in std::fs::read_dir(root).unwrap() {
+        for file in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            bytes += std::fs::read(file.unwrap().path()).unwrap().len();
+        }
+    }
+    assert_eq!(bytes, 10_000 * 100);
+    start.elapsed()
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn stop(mut child: Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}
+
+pub async fn fuse(server: &EtcdServer) -> Vec<Row> {
+    let mut etcd = etcd_client::Client::connect([server.endpoint()], None)
+        .await
+        .unwrap();
+    let prefix = "/bench/fuse";
+    let value = "x".repeat(100);
+    let tmpfs = PathBuf::from(format!("/dev/shm/shylock-bench-{}", std::process::id()));
+    for d in 0..100 {
+        let ops: Vec<TxnOp> = (0..100)
+            .map(|f| TxnOp::put(format!("{prefix}/d{d:03}/f{f:03}"), value.clone(), None))
+            .collect();
+        etcd.txn(Txn::new().and_then(ops)).await.unwrap();
+        std::fs::create_dir_all(tmpfs.join(format!("d{d:03}"))).unwrap();
+        for f in 0..100 {
+            std::fs::write(tmpfs.join(format!("d{d:03}/f{f:03}")), &value).unwrap();
+        }
+    }
+    let mountpoint = std::env::temp_dir().join(format!("shylock-bench-mnt-{}", std::process::id()));
+    std::fs::create_dir_all(&mountpoint).unwrap();
+    let mut mount = Command::new(shylock_binary())
+        .args(["--endpoints", &server.endpoint(), "mount"])
+        .arg(&mountpoint)
+        .args(["--prefix", prefix])
+        .env("SHYLOCK_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("target/release/shylock (cargo build --release -p shylock-cli)");
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(mount.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("shylock: mounted"), "{line}");
+    }
+    let fuse_first = read_all(&mountpoint);
+    let tmpfs_first = read_all(&tmpfs);
+    let mut fuse_cached = Vec::new();
+    let mut tmpfs_cached = Vec::new();
+    for _ in 0..5 {
+        fuse_cached.push(read_all(&mountpoint));
+        tmpfs_cached.push(read_all(&tmpfs));
+    }
+    let (fc, tc) = (
+        percentile(&mut fuse_cached, 0.5),
+        percentile(&mut tmpfs_cached, 0.5),
+    );
+    let mut rows = vec![
+        Row {
+            figure: "FUSE: read all 10,000 files, cached pass (median of 5)".into(),
+            shylock: ms(fc),
+            baseline: format!("{} (tmpfs)", ms(tc)),
+            ratio: fc.as_secs_f64() / tc.as_secs_f64(),
+            target: "<= 2x".into(),
+            met: fc.as_secs_f64() <= tc.as_secs_f64() * 2.0,
+        },
+        Row {
+            figure: "FUSE: read all 10,000 files, first pass".into(),
+            shylock: ms(fuse_first),
+            baseline: format!("{} (tmpfs)", ms(tmpfs_first)),
+            ratio: fuse_first.as_secs_f64() / tmpfs_first.as_secs_f64(),
+            target: "reported".into(),
+            met: true,
+        },
+    ];
+
+    let mut raw = raw_watcher(&server.endpoint(), prefix).await;
+    let file = mountpoint.join("d000/f000");
+    let _ = std::fs::read(&file);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for i in 0..500 {
+        let value = format!("value {i}");
+        let start = Instant::now();
+        let revision = etcd
+            .put(format!("{prefix}/d000/f000"), value.clone(), None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        wait_for("cat to show the put", || {
+            std::fs::read(&file).is_ok_and(|v| v == value.as_bytes())
+        });
+        ours.push(start.elapsed());
+        loop {
+            let (rev, at) = raw.recv().await.unwrap();
+            if rev >= revision {
+                theirs.push(at - start);
+                break;
+            }
+        }
+    }
+    let (o50, o99) = (percentile(&mut ours, 0.5), percentile(&mut ours, 0.99));
+    let (t50, t99) = (percentile(&mut theirs, 0.5), percentile(&mut theirs, 0.99));
+    rows.push(Row {
+        figure: "FUSE: put until `cat` shows it (p50; p99 of 500)".into(),
+        shylock: format!("{}; {}", ms(o50), ms(o99)),
+        baseline: format!("{}; {} (raw watch)", ms(t50), ms(t99)),
+        ratio: o99.as_secs_f64() / t99.as_secs_f64(),
+        target: "p99 < 10 ms".into(),
+        met: o99 < Duration::from_millis(10),
+    });
+    stop(mount);
+    let _ = std::fs::remove_dir_all(&tmpfs);
+    rows
+}
+
+const TEMPLATE: &str = "{% for v in getvs(\"/items/*\") %}{{ v }}\n{% endfor %}";
+
+/// `bench baseline-render ENDPOINT PREFIX DEST`: confd's way. On every watch
+/// event, re-read the whole prefix, render the same template, write the file.
+pub fn baseline_render_child(args: &[String]) {
+    let (endpoint, prefix, dest) = (&args[0], &args[1], PathBuf::from(&args[2]));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut client = etcd_client::Client::connect([endpoint.as_str()], None)
+            .await
+            .unwrap();
+        let mut env = minijinja::Environment::new();
+        env.set_keep_trailing_newline(true);
+        let render = |values: Vec<String>| {
+            let source = TEMPLATE.replace("getvs(\"/items/*\")", "values");
+            env.render_str(&source, minijinja::context! { values })
+                .unwrap()
+        };
+        let write = |text: String| {
+            let staged = dest.with_extension("tmp");
+            std::fs::write(&staged, text).unwrap();
+            std::fs::rename(&staged, &dest).unwrap();
+        };
+        let mut kv = client.kv_client().max_decoding_message_size(256 << 20);
+        let read = |mut kv: etcd_client::KvClient| async move {
+            let response = kv
+                .get(
+                    format!("{prefix}/items/"),
+                    Some(GetOptions::new().with_prefix()),
+                )
+                .await
+                .unwrap();
+            response
+                .kvs()
+                .iter()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+                .collect::<Vec<_>>()
+        };
+        write(render(read(kv.clone()).await));
+        let mut stream = client
+            .watch(
+                format!("{prefix}/items/"),
+                Some(WatchOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        while let Ok(Some(_)) = stream.message().await {
+            write(render(read(kv.clone()).await));
+        }
+        let _ = &mut kv;
+    });
+}
+
+pub async fn render(server: &EtcdServer) -> Vec<Row> {
+    let mut etcd = etcd_client::Client::connect([server.endpoint()], None)
+        .await
+        .unwrap();
+    let prefix = "/bench/render";
+    let keys: Vec<String> = (0..10_000)
+        .map(|i| format!("{prefix}/items/k{i:05}"))
+        .collect();
+    for chunk in keys.chunks(5_000) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|k| TxnOp::put(k.clone(), format!("server {k};"), None))
+            .collect();
+        etcd.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("shylock-bench-render-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(dir.join("templates/t"), TEMPLATE).unwrap();
+    let ours_dest = dir.join("ours.conf");
+    std::fs::write(
+        dir.join("conf.d/t.toml"),
+        format!(
+            "[template]\nsrc = \"t\"\ndest = \"{}\"\nprefix = \"{prefix}\"\nkeys = [\"/items\"]\n",
+            ours_dest.display()
+        ),
+    )
+    .unwrap();
+    let theirs_dest = dir.join("theirs.conf");
+
+    let measure = |child: Child,
+                   dest: PathBuf,
+                   etcd: &mut etcd_client::Client,
+                   rt: &tokio::runtime::Handle| {
+        wait_for("the first render", || {
+            std::fs::read_to_string(&dest).is_ok_and(|t| t.lines().count() == 10_000)
+        });
+        let pid = child.id();
+        let cpu_before = cpu_seconds(pid);
+        let mut latencies = Vec::new();
+        for i in 0..1000 {
+            let marker = format!("update-{i}-{}", dest.display());
+            let start = Instant::now();
+            rt.block_on(etcd.put(
+                format!("{prefix}/items/k{:05}", (i * 7919) % 10_000),
+                marker.clone(),
+                None,
+            ))
+            .unwrap();
+            wait_for("the rendered change", || {
+                std::fs::read_to_string(&dest).is_ok_and(|t| t.contains(&marker))
+            });
+            latencies.push(start.elapsed());
+        }
+        let cpu = cpu_seconds(pid) - cpu_before;
+        stop(child);
+        (
+            percentile(&mut latencies.clone(), 0.5),
+            percentile(&mut latencies, 0.99),
+            cpu,
+        )
+    };
+    let handle = tokio::runtime::Handle::current();
+    let (ours, theirs) = tokio::task::block_in_place(|| {
+        let child = Command::new(shylock_binary())
+            .args(["--endpoints", &server.endpoint(), "render", "--confdir"])
+            .arg(&dir)
+            .env("SHYLOCK_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ours = measure(child, ours_dest.clone(), &mut etcd, &handle);
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args(["baseline-render", &server.endpoint(), prefix])
+            .arg(&theirs_dest)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let theirs = measure(child, theirs_dest.clone(), &mut etcd, &handle);
+        (ours, theirs)
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    vec![
+        Row {
+            figure: "render: put until the file holds it, one template over 10,000 keys (p50; p99 of 1000)".into(),
+            shylock: format!("{}; {}", ms(ours.0), ms(ours.1)),
+            baseline: format!("{}; {} (re-read prefix + render, confd's way)", ms(theirs.0), ms(theirs.1)),
+            ratio: ours.0.as_secs_f64() / theirs.0.as_secs_f64(),
+            target: "p50 <= 0.1x (10x faster)".into(),
+            met: ours.0.as_secs_f64() * 10.0 <= theirs.0.as_secs_f64(),
+        },
+        Row {
+            figure: "render: CPU seconds to follow 1000 updates".into(),
+            shylock: format!("{:.2} s", ours.2),
+            baseline: format!("{:.2} s (re-read approach)", theirs.2),
+            ratio: ours.2 / theirs.2.max(0.01),
+            target: "reported".into(),
+            met: true,
+        },
+    ]
+}

@@ -80,8 +80,14 @@ async fn garbage_values_are_clear_errors_and_big_updates_stay_bounded() {
     // Thousands of keys in one transaction: one update.
     let mut events = live.events();
     let rev = bulk_update(&mut etcd, 0).await;
-    let Event::Changed(change) = next_event(&mut events).await else {
-        panic!("bulk update rejected")
+    let change = loop {
+        match next_event(&mut events).await {
+            Event::Changed(change) if change.revision == rev => break change,
+            Event::Rejected(error) if error.revision() == rev => {
+                panic!("bulk update rejected: {error}")
+            }
+            _ => {}
+        }
     };
     assert_eq!((change.revision, change.keys.len()), (rev, KEYS));
     assert_eq!(live.load().items.len(), KEYS);

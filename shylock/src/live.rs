@@ -421,7 +421,6 @@ impl<T: EtcdConfig> LiveSink<T> {
                     save_snapshot(path, &shared.prefix, revision, tree, deps, *secrets);
                 }
                 shared.notify.send_replace(snapshot);
-                shared.applied.send_if_modified(|r| raise(r, revision));
                 Event::Changed(Change { revision, keys })
             }
             Err(error) => {
@@ -439,11 +438,12 @@ impl<T: EtcdConfig> LiveSink<T> {
                     status.last_error = Some(error.clone());
                     status.rejected_updates += 1;
                 }
-                shared.applied.send_if_modified(|r| raise(r, revision));
                 Event::Rejected(error)
             }
         };
         self.publish(event);
+        // Last: once wait_for_revision returns, the change has been announced.
+        self.shared.applied.send_if_modified(|r| raise(r, revision));
     }
 
     /// Runs the callbacks, then tells subscribers.

@@ -308,6 +308,20 @@ pub async fn raw_watcher(
     rx
 }
 
+/// How long after `start` the raw watch saw `revision`.
+pub async fn raw_arrival(
+    raw: &mut tokio::sync::mpsc::UnboundedReceiver<(i64, Instant)>,
+    revision: i64,
+    start: Instant,
+) -> Duration {
+    loop {
+        let (rev, at) = raw.recv().await.unwrap();
+        if rev >= revision {
+            return at - start;
+        }
+    }
+}
+
 async fn put_to_visible(server: &EtcdServer) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut etcd = etcd_client::Client::connect([server.endpoint()], None)
@@ -341,13 +355,7 @@ async fn put_to_visible(server: &EtcdServer) -> Vec<Row> {
                 seen.changed().await.unwrap();
             }
             ours.push(start.elapsed());
-            loop {
-                let (rev, at) = raw.recv().await.unwrap();
-                if rev >= revision {
-                    theirs.push(at - start);
-                    break;
-                }
-            }
+            theirs.push(raw_arrival(&mut raw, revision, start).await);
         }
         let (o50, t50) = (percentile(&mut ours, 0.5), percentile(&mut theirs, 0.5));
         let (o99, t99) = (percentile(&mut ours, 0.99), percentile(&mut theirs, 0.99));

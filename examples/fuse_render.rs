@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{GetOptions, Txn, TxnOp, WatchOptions};
 use shylock::testing::EtcdServer;
 
-use crate::{ms, percentile, raw_watcher, Row};
+use crate::{ms, percentile, raw_arrival, raw_watcher, Row};
 
 fn shylock_binary() -> PathBuf {
     // target/release/examples/bench -> target/release/shylock
@@ -152,13 +152,7 @@ pub async fn fuse(server: &EtcdServer) -> Vec<Row> {
             std::fs::read(&file).is_ok_and(|v| v == value.as_bytes())
         });
         ours.push(start.elapsed());
-        loop {
-            let (rev, at) = raw.recv().await.unwrap();
-            if rev >= revision {
-                theirs.push(at - start);
-                break;
-            }
-        }
+        theirs.push(raw_arrival(&mut raw, revision, start).await);
     }
     let (o50, o99) = (percentile(&mut ours, 0.5), percentile(&mut ours, 0.99));
     let (t50, t99) = (percentile(&mut theirs, 0.5), percentile(&mut theirs, 0.99));

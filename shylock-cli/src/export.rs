@@ -79,27 +79,20 @@ pub async fn run(connect: &ConnectArgs, args: ExportArgs) -> Result<(), Error> {
         return Ok(());
     }
     let mut stop = crate::signals::Stop::new()?;
-    loop {
-        tokio::select! {
-            changed = live.changed() => {
-                if changed.is_none() {
-                    return Err(msg("the watch ended"));
-                }
-                match write(&live.snapshot()) {
-                    Ok(true) => {
-                        tracing::info!(dest = %args.dest.display(), "rewritten");
-                        if let Err(error) = exec(&args).await {
-                            tracing::error!(%error, "--exec failed");
-                        }
-                    }
-                    Ok(false) => {}
-                    // Keep the last good file: never write an empty or broken one.
-                    Err(error) => tracing::error!(%error, "not rewritten; the file keeps its last content"),
+    while live.next_change(&mut stop).await? {
+        match write(&live.snapshot()) {
+            Ok(true) => {
+                tracing::info!(dest = %args.dest.display(), "rewritten");
+                if let Err(error) = exec(&args).await {
+                    tracing::error!(%error, "--exec failed");
                 }
             }
-            () = stop.wait() => return Ok(()),
+            Ok(false) => {}
+            // Keep the last good file: never write an empty or broken one.
+            Err(error) => tracing::error!(%error, "not rewritten; the file keeps its last content"),
         }
     }
+    Ok(())
 }
 
 async fn exec(args: &ExportArgs) -> Result<(), Error> {

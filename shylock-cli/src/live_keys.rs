@@ -121,6 +121,23 @@ impl LiveKeys {
     }
 }
 
+impl LiveKeys {
+    /// For `--watch` loops: `Ok(true)` when the keys changed, `Ok(false)` on
+    /// SIGINT/SIGTERM, an error if the watch ended.
+    pub async fn next_change(
+        &mut self,
+        stop: &mut crate::signals::Stop,
+    ) -> Result<bool, crate::exit::Error> {
+        tokio::select! {
+            changed = self.changed() => match changed {
+                Some(_) => Ok(true),
+                None => Err(crate::exit::msg("the watch ended")),
+            },
+            () = stop.wait() => Ok(false),
+        }
+    }
+}
+
 /// The keys under `base/` relative to it (`db/url`), in key order.
 pub fn relative(keys: &Keys, base: &str) -> Vec<(String, Vec<u8>)> {
     let prefix = format!("{base}/");

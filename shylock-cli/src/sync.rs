@@ -47,19 +47,12 @@ pub async fn run(connect: &ConnectArgs, args: SyncArgs) -> Result<(), Error> {
         return Ok(());
     }
     let mut stop = crate::signals::Stop::new()?;
-    loop {
-        tokio::select! {
-            changed = live.changed() => {
-                if changed.is_none() {
-                    return Err(msg("the watch ended"));
-                }
-                if let Err(error) = writer.publish(&relative(&live.snapshot(), &base)) {
-                    tracing::error!(%error, "sync failed; the directory keeps its last version");
-                }
-            }
-            () = stop.wait() => return Ok(()),
+    while live.next_change(&mut stop).await? {
+        if let Err(error) = writer.publish(&relative(&live.snapshot(), &base)) {
+            tracing::error!(%error, "sync failed; the directory keeps its last version");
         }
     }
+    Ok(())
 }
 
 /// Publishes versions of a tree of keys into a directory.

@@ -430,6 +430,14 @@ impl EtcdFs {
     }
 }
 
+/// Ends a handler whose reply carries no data.
+fn done(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
 /// A directory whose last entry went away through the mount stays until it
 /// is removed with rmdir, as on any filesystem.
 fn keep_dir(view: &mut View, prefix: String) {
@@ -574,10 +582,7 @@ impl Filesystem for EtcdFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.flush_handle(fh) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.flush_handle(fh))
     }
 
     fn fsync(
@@ -588,10 +593,7 @@ impl Filesystem for EtcdFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.flush_handle(fh) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.flush_handle(fh))
     }
 
     fn release(
@@ -611,10 +613,7 @@ impl Filesystem for EtcdFs {
                 self.write_view().remove_new_file(&file.key);
             }
         }
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, result)
     }
 
     fn create(
@@ -640,10 +639,7 @@ impl Filesystem for EtcdFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.do_unlink(parent, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.do_unlink(parent, name))
     }
 
     fn mkdir(
@@ -662,10 +658,7 @@ impl Filesystem for EtcdFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.do_rmdir(parent, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.do_rmdir(parent, name))
     }
 
     fn rename(
@@ -681,10 +674,7 @@ impl Filesystem for EtcdFs {
         if !flags.is_empty() {
             return reply.error(Errno::EINVAL);
         }
-        match self.do_rename(parent, name, newparent, newname) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.do_rename(parent, name, newparent, newname))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

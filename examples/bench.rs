@@ -196,12 +196,23 @@ fn callgrind_child(mode: &str, n: u64) {
     let (live, _publisher) = Live::local(small.clone());
     let swap = ArcSwap::from_pointee(small);
     let mut cached = live.cached();
-    for _ in 0..n {
-        match mode {
-            "load" => black_box(live.load().port),
-            "cached" => black_box(cached.load().port),
-            _ => black_box(swap.load().port),
-        };
+    // One loop per kind, so no kind pays for choosing.
+    match mode {
+        "load" => {
+            for _ in 0..n {
+                black_box(live.load().port);
+            }
+        }
+        "cached" => {
+            for _ in 0..n {
+                black_box(cached.load().port);
+            }
+        }
+        _ => {
+            for _ in 0..n {
+                black_box(swap.load().port);
+            }
+        }
     }
 }
 

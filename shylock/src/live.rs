@@ -4,7 +4,9 @@ use std::ops::Deref;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use arc_swap::{ArcSwap, Cache, Guard};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::{ArcSwap, Guard};
 use tokio::sync::{broadcast, watch};
 
 use crate::client::Client;
@@ -55,6 +57,8 @@ struct Shared<T> {
     current: ArcSwap<Snapshot<T>>,
     prefix: String,
     dependencies: Vec<Dependency>,
+    /// Bumped after every swap of `current`, for cached readers.
+    generation: AtomicU64,
     status: Mutex<Status>,
     /// The in-memory copy of the keys: written by the watch, read by rebuilds
     /// and by `wait_for_revision`. Never touched by `load()`.
@@ -150,6 +154,12 @@ impl<T: EtcdConfig> Live<T> {
 }
 
 impl<T> Shared<T> {
+    /// Puts a new snapshot in place for every reader.
+    fn swap_in(&self, snapshot: Arc<Snapshot<T>>) {
+        self.current.store(snapshot);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
     fn new(
         value: T,
         prefix: &str,
@@ -162,6 +172,7 @@ impl<T> Shared<T> {
         let (notify, seen) = watch::channel(first.clone());
         let shared = Arc::new(Shared {
             current: ArcSwap::new(first),
+            generation: AtomicU64::new(0),
             prefix: prefix.to_owned(),
             dependencies,
             status: Mutex::new(Status {
@@ -220,7 +231,7 @@ impl<T> Publisher<T> {
         let shared = &*self.shared;
         let revision = shared.current.load().revision + 1;
         let snapshot = Arc::new(Snapshot { value, revision });
-        shared.current.store(snapshot.clone());
+        shared.swap_in(snapshot.clone());
         {
             let mut status = lock(&shared.status);
             status.revision = revision;
@@ -250,11 +261,14 @@ impl<T> Live<T> {
         self.shared.current.load_full()
     }
 
-    /// A reader for hot loops: after the first call, a read costs a check of
-    /// one counter until the config changes (arc-swap's `Cache`).
+    /// A reader for hot loops: a read costs one load and compare of a
+    /// counter until the config changes, then one `load_full`.
     pub fn cached(&self) -> Cached<'_, T> {
+        let generation = self.shared.generation.load(Ordering::Acquire);
         Cached {
-            cache: Cache::new(&self.shared.current),
+            shared: &self.shared,
+            generation,
+            snapshot: self.shared.current.load_full(),
         }
     }
 
@@ -341,14 +355,29 @@ impl<T> Shared<T> {
 
 /// A per-thread reader made by [`Live::cached`].
 pub struct Cached<'a, T> {
-    cache: Cache<&'a ArcSwap<Snapshot<T>>, Arc<Snapshot<T>>>,
+    shared: &'a Shared<T>,
+    /// The swap count when `snapshot` was taken.
+    generation: u64,
+    snapshot: Arc<Snapshot<T>>,
 }
 
 impl<T> Cached<'_, T> {
     /// The current config; cheaper than [`Live::load`] in hot loops.
     #[inline]
     pub fn load(&mut self) -> &Snapshot<T> {
-        self.cache.load()
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            self.refresh(generation);
+        }
+        &self.snapshot
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refresh(&mut self, generation: u64) {
+        // The counter was read first: the snapshot is at least that new.
+        self.generation = generation;
+        self.snapshot = self.shared.current.load_full();
     }
 }
 
@@ -406,7 +435,7 @@ impl<T: EtcdConfig> LiveSink<T> {
         let event = match build::<T>(tree, &shared.prefix, revision) {
             Ok(value) => {
                 let snapshot = Arc::new(Snapshot { value, revision });
-                shared.current.store(snapshot.clone());
+                shared.swap_in(snapshot.clone());
                 {
                     let mut status = lock(&shared.status);
                     status.revision = revision;

@@ -1,6 +1,6 @@
 //! Reading every key a config needs at one etcd revision, in one round trip.
 
-use etcd_client::{GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{GetOptions, GetResponse, KvClient, Txn, TxnOp, TxnOpResponse};
 
 use crate::config::{Dependency, DependencyKind};
 use crate::error::{Error, Result};
@@ -71,30 +71,46 @@ pub(crate) async fn read(
     } else {
         vec![covering_range(deps)]
     };
-    let ops: Vec<TxnOp> = ranges
-        .iter()
-        .map(|(start, end)| {
-            let options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(PAGE)
-                .with_revision(at.unwrap_or(0));
-            TxnOp::get(start.clone(), Some(options))
-        })
-        .collect();
+    let options = |end: &Vec<u8>| {
+        GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(PAGE)
+            .with_revision(at.unwrap_or(0))
+    };
     let context = || format!("reading {}", describe(deps));
-    let response = kv
-        .txn(Txn::new().and_then(ops))
-        .await
-        .map_err(|source| Error::Etcd {
-            context: context(),
-            source,
-        })?;
-    let revision = at.unwrap_or_else(|| response.header().map_or(0, |h| h.revision()));
+    let failed = |source| Error::Etcd {
+        context: context(),
+        source,
+    };
+    // One range is one Range request; several are one Txn: one round trip
+    // and one revision either way.
+    let (pages, read_at): (Vec<GetResponse>, i64) = if let [(start, end)] = ranges.as_slice() {
+        let page = kv
+            .get(start.clone(), Some(options(end)))
+            .await
+            .map_err(failed)?;
+        let revision = page.header().map_or(0, |h| h.revision());
+        (vec![page], revision)
+    } else {
+        let ops: Vec<TxnOp> = ranges
+            .iter()
+            .map(|(start, end)| TxnOp::get(start.clone(), Some(options(end))))
+            .collect();
+        let response = kv.txn(Txn::new().and_then(ops)).await.map_err(failed)?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        let pages = response
+            .op_responses()
+            .into_iter()
+            .filter_map(|op| match op {
+                TxnOpResponse::Get(page) => Some(page),
+                _ => None,
+            })
+            .collect();
+        (pages, revision)
+    };
+    let revision = at.unwrap_or(read_at);
     let mut tree = Tree::default();
-    for (op, (_, end)) in response.op_responses().into_iter().zip(&ranges) {
-        let TxnOpResponse::Get(mut page) = op else {
-            continue;
-        };
+    for (mut page, (_, end)) in pages.into_iter().zip(&ranges) {
         loop {
             let more = page.more();
             let kvs = page.take_kvs();

@@ -6,7 +6,7 @@ mod support;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use support::*;
@@ -59,15 +59,17 @@ impl Confdir {
             .unwrap()
     }
 
-    fn spawn(&self, endpoint: &str, extra: &[&str]) -> Child {
-        shylock()
-            .args(["--endpoints", endpoint, "render", "--confdir"])
-            .arg(self.dir.path())
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(self.path("render.log")).unwrap())
-            .spawn()
-            .unwrap()
+    fn spawn(&self, endpoint: &str, extra: &[&str]) -> Daemon {
+        Daemon(
+            shylock()
+                .args(["--endpoints", endpoint, "render", "--confdir"])
+                .arg(self.dir.path())
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(self.path("render.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        )
     }
 }
 
@@ -76,9 +78,8 @@ fn log(c: &Confdir) -> String {
     text(&c.path("render.log"))
 }
 
-fn stop(mut child: Child) {
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+fn stop(child: Daemon) {
+    assert!(child.stop().success());
 }
 
 fn text(path: &Path) -> String {

@@ -150,24 +150,26 @@ async fn export_watch_rewrites_and_runs_the_command() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("app.json");
     let log = dir.path().join("reloads");
-    let mut child = shylock()
-        .args([
-            "--endpoints",
-            &ep,
-            "export",
-            &p,
-            "--format",
-            "json",
-            "--watch",
-            "--dest",
-        ])
-        .arg(&dest)
-        .arg("--exec")
-        .arg(format!("echo reload >> {}", log.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Daemon(
+        shylock()
+            .args([
+                "--endpoints",
+                &ep,
+                "export",
+                &p,
+                "--format",
+                "json",
+                "--watch",
+                "--dest",
+            ])
+            .arg(&dest)
+            .arg("--exec")
+            .arg(format!("echo reload >> {}", log.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_until("the first write", || {
         fs::read_to_string(&dest).is_ok_and(|t| t.contains("\"80\""))
     });
@@ -183,8 +185,7 @@ async fn export_watch_rewrites_and_runs_the_command() {
     put(&mut etcd, &format!("{p}-marker"), "x").await;
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(fs::read_to_string(&dest).unwrap().contains("\"8080\""));
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    assert!(child.stop().success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -318,14 +319,16 @@ async fn a_synced_directory_never_shows_half_an_update() {
     put(&mut etcd, &format!("{p}/nested/b"), "0").await;
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("config");
-    let mut child = shylock()
-        .args(["--endpoints", &ep, "sync", &p])
-        .arg(&target)
-        .arg("--watch")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Daemon(
+        shylock()
+            .args(["--endpoints", &ep, "sync", &p])
+            .arg(&target)
+            .arg("--watch")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_until("the first version", || target.join("nested/b").exists());
 
     // A reader that resolves ..data once per read, as Spring's configtree
@@ -369,8 +372,7 @@ async fn a_synced_directory_never_shows_half_an_update() {
 
     etcd.delete(format!("{p}/a"), None).await.unwrap();
     wait_until("a deleted key leaves", || !target.join("a").exists());
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    assert!(child.stop().success());
 
     // The synced directory imports back (..data internals are skipped).
     ok(

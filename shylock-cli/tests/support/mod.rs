@@ -186,6 +186,36 @@ impl Drop for Mount {
     }
 }
 
+/// A `shylock` child process, stopped (SIGTERM, then SIGKILL) when dropped,
+/// so a failing test leaves no daemon behind.
+pub struct Daemon(pub Child);
+
+impl Daemon {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        signal(&self.0, libc::SIGTERM);
+        wait_exit(&mut self.0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            signal(&self.0, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A raw etcd client for the test's own reads and writes.
 pub async fn etcd(endpoint: &str) -> etcd_client::Client {
     etcd_client::Client::connect([endpoint], None)

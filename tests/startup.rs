@@ -186,3 +186,46 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[derive(EtcdConfig)]
+struct Many {
+    items: std::collections::BTreeMap<String, String>,
+}
+
+/// The read after etcd comes back goes through the watch task; with more
+/// than gRPC's default 4 MB under the prefix it must still succeed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_prefix_is_read_once_etcd_comes_back() {
+    init_logs();
+    let server = EtcdServer::start();
+    let mut etcd = etcd(&[server.endpoint()]).await;
+    let value = "v".repeat(1024);
+    for batch in 0..40 {
+        let ops: Vec<etcd_client::TxnOp> = (0..128)
+            .map(|i| {
+                etcd_client::TxnOp::put(
+                    format!("/big/items/k{:05}", batch * 128 + i),
+                    value.clone(),
+                    None,
+                )
+            })
+            .collect();
+        etcd.txn(etcd_client::Txn::new().and_then(ops))
+            .await
+            .unwrap();
+    }
+    server.stop();
+    let client = quick_client(&server).await;
+    let live = client
+        .config_with::<Many>("/big", with(Startup::Defaults))
+        .await
+        .unwrap();
+    assert!(live.load().items.is_empty());
+    server.restart();
+    wait_config(
+        &live,
+        "5,120 keys of 1 KiB (5 MiB) read after the restart",
+        |m| m.items.len() == 5_120,
+    )
+    .await;
+}

@@ -14,9 +14,6 @@ use crate::load;
 use crate::startup::{ConfigOptions, Startup};
 use crate::tls::TlsFiles;
 
-/// Largest gRPC response accepted: a big prefix is also read in pages.
-pub(crate) const MAX_MESSAGE: usize = 64 * 1024 * 1024;
-
 /// How to reach etcd. `Debug` output never shows the password.
 #[derive(Clone)]
 pub struct ConnectOptions {
@@ -293,13 +290,8 @@ impl Client {
         tokio::time::timeout(timeout, self.authenticate())
             .await
             .map_err(|_| self.unreachable("timed out".to_owned()))??;
-        let mut kv = self
-            .inner
-            .etcd
-            .kv_client()
-            .max_decoding_message_size(MAX_MESSAGE);
         let timeout = self.inner.options.startup_timeout;
-        tokio::time::timeout(timeout, load::read(&mut kv, dependencies, None))
+        tokio::time::timeout(timeout, load::read(&self.inner.etcd, dependencies, None))
             .await
             .map_err(|_| self.unreachable("timed out".to_owned()))?
             .map_err(|e| match e {
@@ -336,12 +328,9 @@ impl Client {
         dependencies: &[crate::config::Dependency],
         revision: i64,
     ) -> Result<crate::tree::Tree> {
-        let mut kv = self
-            .inner
-            .etcd
-            .kv_client()
-            .max_decoding_message_size(MAX_MESSAGE);
-        Ok(load::read(&mut kv, dependencies, Some(revision)).await?.0)
+        Ok(load::read(&self.inner.etcd, dependencies, Some(revision))
+            .await?
+            .0)
     }
 
     pub(crate) fn register(&self, sink: Box<dyn Sink>, next: i64) -> Result<()> {

@@ -171,8 +171,7 @@ impl Hub {
     async fn catch_up(&mut self) -> Result<(), String> {
         self.watches.retain(|_, w| !w.sink.is_closed());
         for watch in self.watches.values_mut().filter(|w| w.next == 0) {
-            let mut kv = self.etcd.kv_client();
-            let (tree, revision) = load::read(&mut kv, watch.sink.dependencies(), None)
+            let (tree, revision) = load::read(&self.etcd, watch.sink.dependencies(), None)
                 .await
                 .map_err(|e| e.to_string())?;
             watch.sink.replace(tree, revision, 0);
@@ -193,7 +192,7 @@ impl Hub {
         let mut client = self
             .etcd
             .watch_client()
-            .max_decoding_message_size(crate::client::MAX_MESSAGE);
+            .max_decoding_message_size(load::MAX_MESSAGE);
         let open = client.watch(first.start.clone(), Some(Self::options(first_id, first)));
         let (mut tx, mut rx) = match tokio::time::timeout(self.stall_timeout, open).await {
             Ok(Ok(stream)) => stream.split(),
@@ -374,8 +373,7 @@ impl Hub {
             compacted,
             "watch history compacted; re-reading all keys"
         );
-        let mut kv = self.etcd.kv_client();
-        let read = load::read(&mut kv, watch.sink.dependencies(), None).await;
+        let read = load::read(&self.etcd, watch.sink.dependencies(), None).await;
         let (tree, revision) = match read {
             Ok(read) => read,
             Err(e) => {

@@ -59,13 +59,18 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     Vec::new()
 }
 
+/// Largest gRPC response accepted, for reads and watches alike: a page of
+/// [`PAGE`] keys must fit in it.
+pub(crate) const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
 /// Reads every key of `deps` at one revision (`at`, or the newest). Returns
 /// the keys (only those a dependency covers) and that revision.
 pub(crate) async fn read(
-    kv: &mut KvClient,
+    etcd: &etcd_client::Client,
     deps: &[Dependency],
     at: Option<i64>,
 ) -> Result<(Tree, i64)> {
+    let mut kv: KvClient = etcd.kv_client().max_decoding_message_size(MAX_MESSAGE);
     let ranges: Vec<(Vec<u8>, Vec<u8>)> = if deps.len() <= MAX_TXN_OPS {
         deps.iter().map(range_of).collect()
     } else {

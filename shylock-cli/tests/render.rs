@@ -362,6 +362,18 @@ async fn owner_and_group_by_name_really_apply_and_sighup_rereads_the_confdir() {
     wait_until("both follow changes", || {
         text(&c.path("first")) == "v=2\n" && text(&c.path("second")) == "v=2\n"
     });
+
+    // A broken confdir on SIGHUP is reported; the running one is kept.
+    c.resource("broken", "[template]\nsrc = \"t\"\nunknown_field = 1\n");
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    wait_until("the broken confdir reported", || {
+        log(&c).contains("confdir not reloaded")
+    });
+    assert!(log(&c).contains("unknown_field"), "{}", log(&c));
+    put(&mut etcd, &format!("{p}/v"), "3").await;
+    wait_until("the running resources go on", || {
+        text(&c.path("first")) == "v=3\n" && text(&c.path("second")) == "v=3\n"
+    });
     stop(child);
 }
 

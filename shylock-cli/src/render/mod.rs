@@ -161,7 +161,10 @@ pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
 
 /// Every full prefix watched, without ones another covers.
 fn watched(resources: &[Resource]) -> Vec<String> {
-    let mut all: Vec<String> = resources.iter().flat_map(Resource::watched).collect();
+    let mut all: Vec<String> = resources
+        .iter()
+        .flat_map(|r| r.watched().iter().cloned())
+        .collect();
     all.sort();
     all.dedup();
     let copy = all.clone();

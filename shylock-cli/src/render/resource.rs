@@ -61,8 +61,9 @@ pub struct Resource {
     pub target: Target,
     /// The full etcd prefix the resource's keys are relative to.
     pub prefix: String,
-    /// Keys and prefixes (relative to `prefix`) the template may read.
-    pub keys: Vec<String>,
+    /// The full etcd keys and prefixes the template may read (its `keys`
+    /// under its `prefix`).
+    pub scopes: Vec<String>,
     pub check_cmd: Option<String>,
     pub reload_cmd: Option<String>,
     pub min_keys: Option<usize>,
@@ -70,17 +71,14 @@ pub struct Resource {
 }
 
 impl Resource {
-    /// The full etcd prefixes of its keys.
-    pub fn watched(&self) -> Vec<String> {
-        self.keys
-            .iter()
-            .map(|k| full_key(&self.prefix, k))
-            .collect()
+    /// The full etcd keys and prefixes of its keys.
+    pub fn watched(&self) -> &[String] {
+        &self.scopes
     }
 
     /// Whether a change of the full etcd key `key` concerns this resource.
     pub fn uses(&self, key: &str) -> bool {
-        self.watched().iter().any(|w| covers(w, key))
+        self.scopes.iter().any(|w| covers(w, key))
     }
 }
 
@@ -183,8 +181,8 @@ fn parse(confdir: &Path, file: &Path, global_prefix: &str) -> Result<Resource, E
             uid,
             gid,
         },
+        scopes: fields.keys.iter().map(|k| full_key(&prefix, k)).collect(),
         prefix,
-        keys: fields.keys,
         check_cmd: fields.check_cmd,
         reload_cmd: fields.reload_cmd,
         min_keys: fields.min_keys,

@@ -148,7 +148,7 @@ pub fn render(resource: &Resource, keys: &Arc<Keys>) -> Result<String, Error> {
     let scope = Arc::new(Scope {
         keys: Arc::clone(keys),
         prefix: resource.prefix.clone(),
-        allowed: resource.watched(),
+        allowed: resource.watched().to_vec(),
         template: resource.template.display().to_string(),
     });
     if let Some(min) = resource.min_keys {
@@ -348,7 +348,7 @@ mod tests {
             template: path,
             target: Target::new(dir.join("out")),
             prefix: "/prod".into(),
-            keys: keys.iter().map(|k| k.to_string()).collect(),
+            scopes: keys.iter().map(|k| full_key("/prod", k)).collect(),
             check_cmd: None,
             reload_cmd: None,
             min_keys: None,

@@ -290,16 +290,18 @@ fn unescape(text: &str) -> String {
     out
 }
 
+/// Relative keys from text pairs, for tests of the writers.
+#[cfg(test)]
+pub fn keys(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn keys(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect()
-    }
 
     #[test]
     fn every_format_renders_nested_keys() {

@@ -90,14 +90,11 @@ impl Mount {
         let deadline = Instant::now() + DEADLINE;
         while mounted.try_recv().is_err() {
             if let Ok(Some(status)) = child.try_wait() {
-                let mut stderr = String::new();
-                child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut stderr)
-                    .unwrap();
-                panic!("shylock mount exited with {status}:\n{stderr}");
+                panic!(
+                    "shylock mount exited with {status}:
+{}",
+                    stderr_of(&mut child)
+                );
             }
             assert!(Instant::now() < deadline, "not mounted after {DEADLINE:?}");
             std::thread::sleep(Duration::from_millis(10));
@@ -129,14 +126,11 @@ impl Mount {
         signal(&child, libc::SIGTERM);
         let status = wait_exit(&mut child);
         if !status.success() {
-            let mut stderr = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut stderr)
-                .unwrap();
-            panic!("shylock mount exited with {status}:\n{stderr}");
+            panic!(
+                "shylock mount exited with {status}:
+{}",
+                stderr_of(&mut child)
+            );
         }
         assert!(!is_mounted(&self.path), "still mounted after exit");
     }
@@ -151,6 +145,15 @@ impl Mount {
         let path = std::mem::take(&mut self.path);
         (dir, path)
     }
+}
+
+/// What a finished child wrote to its piped stderr.
+fn stderr_of(child: &mut Child) -> String {
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    stderr
 }
 
 fn signal(child: &Child, signal: i32) {

@@ -3,7 +3,7 @@
 
 all: test
 
-# Install what is missing (etcd-server, etcd-client, protobuf-compiler, fuse3).
+# Install what is missing (etcd-server, etcd-client, protobuf-compiler, libprotobuf-dev, fuse3, nginx-light).
 deps:
 	@scripts/install-deps.sh
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what shylock's build, tests and demo need, when it is missing:
-# etcd (server and etcdctl), protoc (etcd-client's build), fuse3, and nginx
+# etcd (server and etcdctl), protoc and its .proto includes (etcd-client's
+# build), fuse3, and nginx
 # (the file writer's tests render and reload a real one).
 # Installs nothing when everything is present.
 set -euo pipefail
@@ -10,6 +11,9 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/bin/$1" ] || [ -x "/usr/s
 have etcd || missing+=(etcd-server)
 have etcdctl || missing+=(etcd-client)
 have protoc || missing+=(protobuf-compiler)
+# protoc's well-known types (google/protobuf/*.proto), which etcd-client's
+# protos import; only a recommendation of protobuf-compiler.
+[ -e /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 have fusermount3 || missing+=(fuse3)
 have nginx || missing+=(nginx-light)
 

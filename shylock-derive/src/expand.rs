@@ -23,6 +23,7 @@ pub fn derive(input: &Input<'_>) -> TokenStream {
         .filter(|f| !f.attrs.skip.is_set())
         .map(|f| describe_field(input, f));
     let builds = input.fields.iter().map(|f| build_field(input, f));
+    let patches = input.fields.iter().map(|f| patch_field(input, f));
     let names = input.fields.iter().map(|f| f.ident);
     let unwraps = input.fields.iter().map(|f| {
         let name = f.ident;
@@ -34,6 +35,15 @@ pub fn derive(input: &Input<'_>) -> TokenStream {
         quote! {
             if !__cx.check(__base, #call) {
                 return ::core::option::Option::None;
+            }
+        }
+    });
+    let struct_recheck = input.attrs.validate.get().map(|v| {
+        let path = &v.value;
+        let call = quote_spanned!(path.span()=> #path(&*__value));
+        quote! {
+            if !__cx.check(__base, #call) {
+                return false;
             }
         }
     });
@@ -60,6 +70,17 @@ pub fn derive(input: &Input<'_>) -> TokenStream {
                 let __value = #ident { #(#unwraps,)* };
                 #struct_check
                 ::core::option::Option::Some(__value)
+            }
+
+            fn __patch(
+                __value: &mut Self,
+                __cx: &mut ::shylock::__private::Cx<'_>,
+                __base: &str,
+                __changed: &::shylock::__private::Changed,
+            ) -> bool {
+                #(#patches)*
+                #struct_recheck
+                true
             }
         }
         #debug
@@ -108,17 +129,12 @@ fn describe_field(input: &Input<'_>, field: &Field<'_>) -> TokenStream {
     }
 }
 
-fn build_field(input: &Input<'_>, field: &Field<'_>) -> TokenStream {
-    if field.attrs.skip.is_set() {
-        return quote!(::core::option::Option::Some(
-            ::core::default::Default::default()
-        ));
-    }
-    let key = key_expr(input, field);
+/// The expression reading one field whole: `Option<field type>`, `None`
+/// after recording a problem.
+fn read_expr(field: &Field<'_>) -> TokenStream {
     let elem = elem(field, field.shape.element());
-    let secret = field.attrs.secret.is_set();
-    let secret = quote!((__cx.secret() || #secret));
-    let read = match (&field.shape, field.attrs.default.get().map(|d| &d.value)) {
+    let secret = secret_expr(field);
+    match (&field.shape, field.attrs.default.get().map(|d| &d.value)) {
         (Shape::Plain(_), None) => quote!(__cx.required(&#elem, &__key, #secret)),
         (Shape::Plain(_), Some(Default::Trait)) => {
             quote!(__cx.or_else(&#elem, &__key, #secret, ::core::default::Default::default))
@@ -132,18 +148,77 @@ fn build_field(input: &Input<'_>, field: &Field<'_>) -> TokenStream {
         (Shape::Optional(_), _) => quote!(__cx.optional(&#elem, &__key, #secret)),
         (Shape::Map(_), _) => quote!(__cx.map(&#elem, &__key, #secret)),
         (Shape::List(_), _) => quote!(__cx.list(&#elem, &__key, #secret)),
-    };
-    let validate = field.attrs.validate.get().map(|v| {
+    }
+}
+
+fn secret_expr(field: &Field<'_>) -> TokenStream {
+    let secret = field.attrs.secret.is_set();
+    quote!((__cx.secret() || #secret))
+}
+
+/// The field's validator applied to `__v`, if it has one.
+fn validator_call(field: &Field<'_>) -> Option<TokenStream> {
+    field.attrs.validate.get().map(|v| {
         let path = &v.value;
-        let call = quote_spanned!(path.span()=> #path(__v));
-        quote!(let __read = __read.filter(|__v| __cx.check(&__key, #call));)
-    });
+        quote_spanned!(path.span()=> #path(__v))
+    })
+}
+
+fn build_field(input: &Input<'_>, field: &Field<'_>) -> TokenStream {
+    if field.attrs.skip.is_set() {
+        return quote!(::core::option::Option::Some(
+            ::core::default::Default::default()
+        ));
+    }
+    let key = key_expr(input, field);
+    let read = read_expr(field);
+    let validate = validator_call(field)
+        .map(|call| quote!(let __read = __read.filter(|__v| __cx.check(&__key, #call));));
     let ty = field.ty();
     quote! {{
         let __key = #key;
         let __read: ::core::option::Option<#ty> = #read;
         #validate
         __read
+    }}
+}
+
+/// Brings one field of `__value` up to date with the keys in `__changed`.
+fn patch_field(input: &Input<'_>, field: &Field<'_>) -> TokenStream {
+    if field.attrs.skip.is_set() {
+        return TokenStream::new();
+    }
+    let name = field.ident;
+    let key = key_expr(input, field);
+    let elem = elem(field, field.shape.element());
+    let secret = secret_expr(field);
+    let read = read_expr(field);
+    let slot = quote!(&mut __value.#name);
+    let patch = match field.shape {
+        Shape::Plain(_) => quote! {
+            __cx.patch_plain(&#elem, &__key, #secret, #slot, __changed, |__cx| #read)
+        },
+        Shape::Optional(_) => quote! {
+            __cx.patch_optional(&#elem, &__key, #secret, #slot, __changed, |__cx| #read)
+        },
+        Shape::Map(_) => quote!(__cx.patch_map(&#elem, &__key, #secret, #slot, __changed)),
+        Shape::List(_) => quote!(__cx.patch_list(&#elem, &__key, #secret, #slot, __changed)),
+    };
+    let recheck = validator_call(field).map(|call| {
+        quote! {
+            let __v = &__value.#name;
+            if __touched && !__cx.check(&__key, #call) {
+                return false;
+            }
+        }
+    });
+    quote! {{
+        let __key = #key;
+        let ::core::option::Option::Some(__touched) = #patch else {
+            return false;
+        };
+        let _ = __touched;
+        #recheck
     }}
 }
 

@@ -31,6 +31,14 @@ pub fn expand(input: &DeriveInput, errors: syn::Error) -> TokenStream {
             ) -> ::core::option::Option<Self> {
                 ::core::panic!("EtcdConfig derive failed")
             }
+            fn __patch(
+                _: &mut Self,
+                _: &mut ::shylock::__private::Cx<'_>,
+                _: &str,
+                _: &::shylock::__private::Changed,
+            ) -> bool {
+                ::core::panic!("EtcdConfig derive failed")
+            }
         }
     }
 }

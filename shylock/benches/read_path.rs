@@ -1,7 +1,8 @@
 //! The read path, side by side with its baselines, while a writer swaps
 //! 1,000 times a second: `Live::load`, the cached reader, a bare
 //! `ArcSwap::load` and `RwLock<Arc<T>>` read + clone; on 1 and 2 threads.
-//! And the cost of one update: rebuilding a struct from the in-memory keys.
+//! And the cost of one update: building a struct whole from the in-memory
+//! keys, against patching the previous copy with the one changed key.
 //!
 //! `cargo bench -p shylock --bench read_path`
 
@@ -142,6 +143,30 @@ fn one_update(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("map of 10,000 entries (keys to struct)", |b| {
         b.iter(|| Config::from_pairs("/a", big.clone()).unwrap())
+    });
+    let mut tree = shylock::Tree::default();
+    for (key, value) in &big {
+        tree.insert(key.clone(), value.clone().into_bytes(), 1);
+    }
+    let mut value = Config::from_pairs("/a", big.clone()).unwrap();
+    let mut i = 0u64;
+    group.sample_size(100);
+    group.bench_function("map of 10,000 entries, patch one changed entry", |b| {
+        b.iter(|| {
+            i += 1;
+            let key = format!("/a/hosts/h{:05}", i % 10_000);
+            tree.insert(
+                key.clone(),
+                format!("10.1.0.{}:80", i % 256).into_bytes(),
+                1,
+            );
+            assert!(shylock::__private::patch(
+                &mut value,
+                &tree,
+                "/a",
+                vec![key]
+            ));
+        })
     });
     group.finish();
 }

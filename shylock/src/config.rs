@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::__private::{Cx, Flags};
+use crate::__private::{Changed, Cx, Flags};
 use crate::error::ConfigError;
 use crate::tree::Tree;
 
@@ -76,6 +76,9 @@ pub trait EtcdConfig: Sized + Send + Sync + 'static {
 
     #[doc(hidden)]
     fn __build(cx: &mut Cx<'_>, base: &str) -> Option<Self>;
+
+    #[doc(hidden)]
+    fn __patch(value: &mut Self, cx: &mut Cx<'_>, base: &str, changed: &Changed) -> bool;
 }
 
 /// Builds `T` from the keys in `tree`, collecting every problem.
@@ -90,6 +93,20 @@ pub(crate) fn build<T: EtcdConfig>(
         (Some(value), problems) if problems.is_empty() => Ok(value),
         (_, problems) => Err(ConfigError::new(revision, problems)),
     }
+}
+
+/// Brings `value`, built from earlier keys, up to the keys in `tree`, reading
+/// again only what `changed` touches. `false` means a problem was met and
+/// `value` is left half patched: build it whole instead.
+pub(crate) fn patch<T: EtcdConfig>(
+    value: &mut T,
+    tree: &Tree,
+    prefix: &str,
+    changed: &Changed,
+) -> bool {
+    let mut cx = Cx::new(tree);
+    T::__patch(value, &mut cx, &crate::__private::base(prefix), changed)
+        && cx.into_problems().is_empty()
 }
 
 /// One key or prefix that a config reads.

@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::{broadcast, watch};
 
+use crate::__private::Changed;
 use crate::client::Client;
-use crate::config::{build, Dependency, EtcdConfig};
+use crate::config::{build, patch, Dependency, EtcdConfig};
 use crate::error::{Error, Result};
 use crate::event::{Change, Event, KeyChange};
 use crate::hub::{Connection, RawChange, Sink};
@@ -137,6 +138,7 @@ impl<T: EtcdConfig> Live<T> {
             shared: shared.clone(),
             pending: Vec::new(),
             snapshot,
+            retired: None,
         };
         // A config that started without etcd is read whole once etcd answers.
         let next = if origin == Origin::Etcd {
@@ -154,10 +156,11 @@ impl<T: EtcdConfig> Live<T> {
 }
 
 impl<T> Shared<T> {
-    /// Puts a new snapshot in place for every reader.
-    fn swap_in(&self, snapshot: Arc<Snapshot<T>>) {
-        self.current.store(snapshot);
+    /// Puts a new snapshot in place for every reader; returns the one it replaced.
+    fn swap_in(&self, snapshot: Arc<Snapshot<T>>) -> Arc<Snapshot<T>> {
+        let old = self.current.swap(snapshot);
         self.generation.fetch_add(1, Ordering::Release);
+        old
     }
 
     fn new(
@@ -414,6 +417,10 @@ struct LiveSink<T> {
     snapshot: Option<(std::path::PathBuf, bool)>,
     /// Key changes since the last accepted config, while updates are rejected.
     pending: Vec<KeyChange>,
+    /// The config replaced last and the keys changed since it was built.
+    /// Once no reader holds it, the next update patches it into the new
+    /// config instead of building one whole (double buffering).
+    retired: Option<(Arc<Snapshot<T>>, Vec<String>)>,
 }
 
 impl<T: EtcdConfig> LiveSink<T> {
@@ -430,14 +437,17 @@ impl<T: EtcdConfig> LiveSink<T> {
             self.pending.append(&mut keys);
             keys = coalesce(std::mem::take(&mut self.pending));
         }
+        let changed: Vec<String> = keys.iter().map(|k| k.key.clone()).collect();
+        let (next, patched) = self.next_value(tree, revision, &changed);
         let shared = &*self.shared;
         let now = SystemTime::now();
-        let event = match build::<T>(tree, &shared.prefix, revision) {
+        let event = match next {
             Ok(value) => {
                 let snapshot = Arc::new(Snapshot { value, revision });
-                shared.swap_in(snapshot.clone());
+                self.retired = Some((shared.swap_in(snapshot.clone()), changed));
                 {
                     let mut status = lock(&shared.status);
+                    status.patched_updates += u64::from(patched);
                     status.revision = revision;
                     status.applied_revision = status.applied_revision.max(revision);
                     status.last_event = Some(now);
@@ -473,6 +483,28 @@ impl<T: EtcdConfig> LiveSink<T> {
         self.publish(event);
         // Last: once wait_for_revision returns, the change has been announced.
         self.shared.applied.send_if_modified(|r| raise(r, revision));
+    }
+
+    /// The config for the keys in `tree`: the retired config patched with
+    /// the keys changed since, when no reader holds it any more, else built
+    /// whole. Also says whether it was patched.
+    fn next_value(
+        &mut self,
+        tree: &Tree,
+        revision: i64,
+        changed: &[String],
+    ) -> (std::result::Result<T, crate::ConfigError>, bool) {
+        let prefix = &self.shared.prefix;
+        if let Some((retired, mut since)) = self.retired.take() {
+            if let Ok(retired) = Arc::try_unwrap(retired) {
+                since.extend_from_slice(changed);
+                let mut value = retired.value;
+                if patch(&mut value, tree, prefix, &Changed::new(since)) {
+                    return (Ok(value), true);
+                }
+            }
+        }
+        (build::<T>(tree, prefix, revision), false)
     }
 
     /// Runs the callbacks, then tells subscribers.

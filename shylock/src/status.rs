@@ -20,6 +20,10 @@ pub struct Status {
     pub rejected_updates: u64,
     /// Updates accepted since start.
     pub accepted_updates: u64,
+    /// How many of the accepted updates were applied by reading again only
+    /// the changed keys into the previous copy of the config; the others
+    /// built the config whole (see "Running for months" in the README).
+    pub patched_updates: u64,
     /// The last watch or connection error, while it lasts.
     pub connection_error: Option<String>,
     /// The etcd member serving the watch (its client URL), while connected.

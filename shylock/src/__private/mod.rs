@@ -10,15 +10,33 @@ use crate::decode::{self, DecodeError, FromValue};
 use crate::error::{Problem, ProblemKind};
 use crate::tree::Tree;
 
+mod patch;
+
+pub use patch::{Changed, MapSlot};
+
 /// How one element type (a field, a map value, a list item) is read.
 pub enum Elem<T> {
     /// From one key's value.
     Leaf(fn(&[u8]) -> Result<T, DecodeError>),
     /// From a sub-prefix, as a nested `EtcdConfig`.
-    Node(
-        fn(&mut Cx<'_>, &str) -> Option<T>,
-        fn(&str, Flags, &mut Vec<Dependency>),
-    ),
+    Node(Node<T>),
+}
+
+/// A nested config's entry points.
+pub struct Node<T> {
+    build: fn(&mut Cx<'_>, &str) -> Option<T>,
+    describe: fn(&str, Flags, &mut Vec<Dependency>),
+    patch: fn(&mut T, &mut Cx<'_>, &str, &Changed) -> bool,
+}
+
+impl<T> Node<T> {
+    /// The keys one entry reads outside its own prefix (absolute keys).
+    fn outside(&self, flags: Flags, out: &mut Vec<Dependency>) {
+        const MARK: &str = "\u{0}";
+        let mut deps = Vec::new();
+        (self.describe)(MARK, flags, &mut deps);
+        out.extend(deps.into_iter().filter(|d| !d.key.starts_with(MARK)));
+    }
 }
 
 /// Picks an element's reader by the traits its type implements, preferring a
@@ -39,7 +57,11 @@ pub trait ProbeNode<T> {
 
 impl<T: EtcdConfig> ProbeNode<T> for &&Probe<T> {
     fn elem(&self) -> Elem<T> {
-        Elem::Node(T::__build, T::__describe)
+        Elem::Node(Node {
+            build: T::__build,
+            describe: T::__describe,
+            patch: T::__patch,
+        })
     }
 }
 
@@ -123,10 +145,29 @@ pub fn describe<T>(elem: &Elem<T>, key: &str, flags: Flags, out: &mut Vec<Depend
         required: flags.required,
     };
     match elem {
-        _ if flags.children => out.push(dependency(format!("{key}/"), DependencyKind::Prefix)),
+        _ if flags.children => {
+            out.push(dependency(format!("{key}/"), DependencyKind::Prefix));
+            // Absolute keys read by every entry lie outside the prefix.
+            if let Elem::Node(node) = elem {
+                node.outside(flags, out);
+            }
+        }
         Elem::Leaf(_) => out.push(dependency(key.to_owned(), DependencyKind::Key)),
-        Elem::Node(_, describe) => describe(key, flags, out),
+        Elem::Node(node) => (node.describe)(key, flags, out),
     }
+}
+
+/// Brings `value`, built from earlier keys, up to the keys in `tree`,
+/// reading again only what the `changed` keys touch; `false` when a problem
+/// was met. What an update does when a spare copy of the config is free;
+/// public for the benchmarks only.
+pub fn patch<T: EtcdConfig>(
+    value: &mut T,
+    tree: &Tree,
+    prefix: &str,
+    changed: Vec<String>,
+) -> bool {
+    crate::config::patch(value, tree, prefix, &Changed::new(changed))
 }
 
 /// The base path of a prefix: no trailing `/`, so `join` adds exactly one.
@@ -212,9 +253,9 @@ impl<'a> Cx<'a> {
                     }
                 }
             }
-            Elem::Node(build, _) => {
+            Elem::Node(node) => {
                 self.secret_depth += u32::from(secret);
-                let value = build(self, key);
+                let value = (node.build)(self, key);
                 self.secret_depth -= u32::from(secret);
                 value.map(Some).ok_or(())
             }

@@ -451,21 +451,35 @@ async fn memory(server: &EtcdServer) -> Vec<Row> {
         .args(["memory-child", &server.endpoint()])
         .output()
         .unwrap();
-    let used: u64 = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .expect("memory-child output");
-    vec![Row {
-        figure: "resident memory, 100,000 keys of 100 bytes loaded (fresh process)".into(),
-        shylock: format!("{:.1} MiB", used as f64 / 1048576.0),
-        baseline: format!("{:.1} MiB (raw keys + values)", raw as f64 / 1048576.0),
-        ratio: used as f64 / raw as f64,
-        target: "< 4x".into(),
-        met: (used as f64) < raw as f64 * 4.0,
-    }]
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let used: Vec<u64> = stdout
+        .split_whitespace()
+        .map(|n| n.parse().expect("memory-child output"))
+        .collect();
+    let mib = |n: u64| n as f64 / 1048576.0;
+    vec![
+        Row {
+            figure: "resident memory, 100,000 keys of 100 bytes loaded (fresh process)".into(),
+            shylock: format!("{:.1} MiB", mib(used[0])),
+            baseline: format!("{:.1} MiB (raw keys + values)", mib(raw)),
+            ratio: used[0] as f64 / raw as f64,
+            target: "< 4x".into(),
+            met: (used[0] as f64) < raw as f64 * 4.0,
+        },
+        Row {
+            figure: "resident memory, the same after 10 updates (a spare copy kept for patching)"
+                .into(),
+            shylock: format!("{:.1} MiB", mib(used[1])),
+            baseline: format!("{:.1} MiB (raw keys + values)", mib(raw)),
+            ratio: used[1] as f64 / raw as f64,
+            target: "reported".into(),
+            met: true,
+        },
+    ]
 }
 
-/// Loads /bench/memory and prints how much resident memory that took.
+/// Loads /bench/memory and prints how much resident memory that took, then
+/// how much after ten updates.
 async fn memory_child(endpoint: &str) {
     let client = Client::connect(ConnectOptions::new([endpoint]))
         .await
@@ -474,5 +488,19 @@ async fn memory_child(endpoint: &str) {
     let live = client.config::<Big>("/bench/memory").await.unwrap();
     let after = resident();
     assert_eq!(live.load().items.len(), 100_000);
-    println!("{}", after.saturating_sub(before));
+    let mut etcd = etcd_client::Client::connect([endpoint], None)
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let key = format!("/bench/memory/items/k{i:06}");
+        let revision = etcd.put(key, "u".repeat(100), None).await.unwrap();
+        let revision = revision.header().unwrap().revision();
+        live.wait_for_revision(revision).await.unwrap();
+    }
+    let updated = resident();
+    println!(
+        "{} {}",
+        after.saturating_sub(before),
+        updated.saturating_sub(before)
+    );
 }

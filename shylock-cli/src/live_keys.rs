@@ -42,7 +42,7 @@ impl LiveKeys {
                 Self::watch(client, prefix, with_key, keys.clone(), tx.clone()).await?;
             keys.lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .extend(tree.iter().map(|(k, e)| (k.to_owned(), e.value.clone())));
+                .extend(tree.iter().map(|(k, e)| (k.to_owned(), e.value.to_vec())));
             watches.push(watch);
         }
         Ok(LiveKeys {
@@ -80,7 +80,7 @@ impl LiveKeys {
                     let mut changed: Vec<String> =
                         keys.keys().filter(|k| ours(k)).cloned().collect();
                     keys.retain(|k, _| !ours(k));
-                    keys.extend(tree.iter().map(|(k, e)| (k.to_owned(), e.value.clone())));
+                    keys.extend(tree.iter().map(|(k, e)| (k.to_owned(), e.value.to_vec())));
                     changed.extend(tree.iter().map(|(k, _)| k.to_owned()));
                     changed
                 }

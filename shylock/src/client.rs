@@ -322,15 +322,16 @@ impl Client {
         &self.inner.options
     }
 
-    /// Reads the keys of `dependencies` as etcd held them at `revision`.
-    pub(crate) async fn read_at(
+    /// Whether the `held` keys of `dependencies`, current as of `since`,
+    /// are still etcd's keys at `revision`.
+    pub(crate) async fn unchanged_since(
         &self,
         dependencies: &[crate::config::Dependency],
+        since: i64,
+        held: usize,
         revision: i64,
-    ) -> Result<crate::tree::Tree> {
-        Ok(load::read(&self.inner.etcd, dependencies, Some(revision))
-            .await?
-            .0)
+    ) -> Result<bool> {
+        load::unchanged_since(&self.inner.etcd, dependencies, since, held, revision).await
     }
 
     pub(crate) fn register(&self, sink: Box<dyn Sink>, next: i64) -> Result<()> {

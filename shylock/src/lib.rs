@@ -42,6 +42,7 @@ mod event;
 mod hub;
 mod live;
 mod load;
+mod memory;
 mod snapshot;
 mod startup;
 mod status;

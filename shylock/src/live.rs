@@ -120,6 +120,7 @@ impl<T: EtcdConfig> Live<T> {
         options: ConfigOptions,
     ) -> Result<Self> {
         let value = build::<T>(&tree, prefix, revision)?;
+        crate::memory::release_freed(tree.len());
         let snapshot = options
             .snapshot_path()
             .map(|path| (path.to_owned(), options.snapshot_secrets));
@@ -301,11 +302,15 @@ impl<T> Live<T> {
                     applied.changed().await.map_err(|_| Error::Closed)?;
                     continue;
                 };
-                if let Ok(theirs) = client.read_at(&self.shared.dependencies, revision).await {
-                    if same_keys(&theirs, &lock(&self.shared.tree)) {
-                        self.shared.confirm(revision);
-                        continue;
-                    }
+                // Read together: the watch raises `applied` while it holds the tree.
+                let (held, since) = {
+                    let tree = lock(&self.shared.tree);
+                    (tree.len(), *self.shared.applied.borrow())
+                };
+                let deps = &self.shared.dependencies;
+                if let Ok(true) = client.unchanged_since(deps, since, held, revision).await {
+                    self.shared.confirm(revision);
+                    continue;
                 }
             }
             applied.changed().await.map_err(|_| Error::Closed)?;
@@ -546,7 +551,7 @@ impl<T: EtcdConfig> Sink for LiveSink<T> {
             };
             keys.push(KeyChange::new(
                 &change.key,
-                old.as_ref().map(|e| e.value.as_slice()),
+                old.as_ref().map(|e| &*e.value),
                 change.value.as_deref(),
                 secret,
             ));
@@ -576,8 +581,8 @@ impl<T: EtcdConfig> Sink for LiveSink<T> {
             }
         }
         for (key, new) in tree.iter() {
-            let old = current.get(key).map(|e| e.value.as_slice());
-            if old != Some(new.value.as_slice()) {
+            let old = current.get(key).map(|e| &*e.value);
+            if old != Some(&*new.value) {
                 let secret = self.is_secret(key);
                 keys.push(KeyChange::new(key, old, Some(&new.value), secret));
             }
@@ -640,12 +645,4 @@ fn raise(current: &mut i64, revision: i64) -> bool {
     let moved = revision > *current;
     *current = (*current).max(revision);
     moved
-}
-
-/// Whether two copies hold the same keys, each last changed at the same revision.
-fn same_keys(a: &Tree, b: &Tree) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b.iter())
-            .all(|((ka, ea), (kb, eb))| ka == kb && ea.mod_revision == eb.mod_revision)
 }

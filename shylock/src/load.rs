@@ -4,7 +4,7 @@ use etcd_client::{GetOptions, GetResponse, KvClient, Txn, TxnOp, TxnOpResponse};
 
 use crate::config::{Dependency, DependencyKind};
 use crate::error::{Error, Result};
-use crate::tree::Tree;
+use crate::tree::{Entry, Tree};
 
 /// Keys per page when a prefix holds more than fits one response (the
 /// client accepts responses of up to 64 MiB).
@@ -57,6 +57,68 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     Vec::new()
+}
+
+/// The ranges of `deps` with overlaps merged, in key order.
+fn disjoint_ranges(deps: &[Dependency]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut ranges: Vec<(Vec<u8>, Vec<u8>)> = deps.iter().map(range_of).collect();
+    ranges.sort();
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match out.last_mut() {
+            // An empty end runs to the end of the keyspace.
+            Some((_, last)) if last.is_empty() || start <= *last => {
+                if !last.is_empty() && (end.is_empty() || end > *last) {
+                    *last = end;
+                }
+            }
+            _ => out.push((start, end)),
+        }
+    }
+    out
+}
+
+/// Whether etcd's keys of `deps` at revision `at` are the `held` keys a
+/// config holds as of revision `since`: none created or changed after
+/// `since` (both set a key's mod revision) and as many as before (so none
+/// deleted). Two small reads per range, whatever the values weigh.
+pub(crate) async fn unchanged_since(
+    etcd: &etcd_client::Client,
+    deps: &[Dependency],
+    since: i64,
+    held: usize,
+    at: i64,
+) -> Result<bool> {
+    let mut kv = etcd.kv_client();
+    let mut ops = Vec::new();
+    for (start, end) in disjoint_ranges(deps) {
+        let at_rev = || GetOptions::new().with_range(end.clone()).with_revision(at);
+        ops.push(TxnOp::get(start.clone(), Some(at_rev().with_count_only())));
+        let changed = at_rev().with_keys_only().with_min_mod_revision(since + 1);
+        ops.push(TxnOp::get(start, Some(changed)));
+    }
+    let mut total = 0;
+    for chunk in ops.chunks(MAX_TXN_OPS) {
+        let response = kv
+            .txn(Txn::new().and_then(chunk.to_vec()))
+            .await
+            .map_err(|source| Error::Etcd {
+                context: format!("comparing {} at revision {at}", describe(deps)),
+                source,
+            })?;
+        // Each range gave its count, then the keys changed since `since`.
+        for (i, op) in response.op_responses().into_iter().enumerate() {
+            let TxnOpResponse::Get(page) = op else {
+                continue;
+            };
+            if i % 2 == 0 {
+                total += page.count();
+            } else if !page.kvs().is_empty() {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(usize::try_from(total) == Ok(held))
 }
 
 /// Largest gRPC response accepted, for reads and watches alike: a page of
@@ -114,20 +176,31 @@ pub(crate) async fn read(
         (pages, revision)
     };
     let revision = at.unwrap_or(read_at);
-    let mut tree = Tree::default();
+    // Gathered first, then made into the tree in one go: sorted input packs
+    // the B-tree's nodes full, where inserting one by one leaves them half empty.
+    let mut entries = Vec::new();
     for (mut page, (_, end)) in pages.into_iter().zip(&ranges) {
         loop {
             let more = page.more();
             let kvs = page.take_kvs();
             let last = kvs.last().map(|kv| kv.key().to_vec());
             for kv in kvs {
-                let (key, value) = (kv.key(), kv.value());
-                let Ok(key) = std::str::from_utf8(key) else {
-                    tracing::warn!(key = %String::from_utf8_lossy(key), "skipping a key that is not UTF-8");
-                    continue;
+                let mod_revision = kv.mod_revision();
+                let (key, value) = kv.into_key_value();
+                let key = match String::from_utf8(key) {
+                    Ok(key) => key,
+                    Err(error) => {
+                        let key = String::from_utf8_lossy(error.as_bytes());
+                        tracing::warn!(%key, "skipping a key that is not UTF-8");
+                        continue;
+                    }
                 };
-                if deps.iter().any(|d| d.covers(key)) {
-                    tree.insert(key.to_owned(), value.to_vec(), kv.mod_revision());
+                if deps.iter().any(|d| d.covers(&key)) {
+                    let entry = Entry {
+                        value: value.into_boxed_slice(),
+                        mod_revision,
+                    };
+                    entries.push((key, entry));
                 }
             }
             let (true, Some(mut next)) = (more, last) else {
@@ -147,6 +220,8 @@ pub(crate) async fn read(
                 })?;
         }
     }
+    let tree = Tree::from_iter(entries);
+    crate::memory::release_freed(tree.len());
     Ok((tree, revision))
 }
 
@@ -189,5 +264,24 @@ mod tests {
         let (lo, hi) = covering_range(&deps);
         assert_eq!(lo, b"/app/backends/");
         assert_eq!(hi, b"/global/region\0");
+    }
+
+    #[test]
+    fn disjoint_ranges_merge_overlaps_only() {
+        let deps = [
+            dep("/app/backends/", DependencyKind::Prefix),
+            dep("/app/backends/a/x", DependencyKind::Key),
+            dep("/app/port", DependencyKind::Key),
+            dep("/app/", DependencyKind::Prefix),
+            dep("/global/region", DependencyKind::Key),
+        ];
+        let ranges = disjoint_ranges(&deps);
+        assert_eq!(
+            ranges,
+            [
+                (b"/app/".to_vec(), b"/app0".to_vec()),
+                (b"/global/region".to_vec(), b"/global/region\0".to_vec()),
+            ]
+        );
     }
 }

@@ -66,7 +66,11 @@ impl Handler {
                 TreeEvent::Replaced { tree, .. } => {
                     let keys = tree.iter().filter_map(|(key, entry)| {
                         let relative = self.relative(key)?;
-                        Some((relative.to_owned(), entry.value.clone(), entry.mod_revision))
+                        Some((
+                            relative.to_owned(),
+                            entry.value.to_vec(),
+                            entry.mod_revision,
+                        ))
                     });
                     for key in view.replace(keys.collect::<Vec<_>>()) {
                         stale.add(&view, &key);

@@ -32,7 +32,11 @@ pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
         .await?;
     let keys = tree.iter().filter_map(|(key, entry)| {
         let relative = key.strip_prefix(&base)?.strip_prefix('/')?;
-        Some((relative.to_owned(), entry.value.clone(), entry.mod_revision))
+        Some((
+            relative.to_owned(),
+            entry.value.to_vec(),
+            entry.mod_revision,
+        ))
     });
     *view
         .write()

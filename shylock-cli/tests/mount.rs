@@ -59,12 +59,23 @@ async fn keys_are_files_and_prefixes_are_directories() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_in_etcd_appear_and_cached_data_is_never_stale() {
+    changes_appear(&[]).await;
+}
+
+/// A read-only mount tells the kernel to stop sending opens (no-open mode):
+/// the page cache then lives across opens, and must still never be stale.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_appear_on_read_only_mounts_too() {
+    changes_appear(&["--read-only"]).await;
+}
+
+async fn changes_appear(flags: &[&str]) {
     let server = shared_server();
     let p = unique_prefix("m-live");
     let mut etcd = etcd(&server.endpoint()).await;
     let old = "short";
     put(&mut etcd, &format!("{p}/f"), old).await;
-    let mount = Mount::start(&server.endpoint(), &p, &[]);
+    let mount = Mount::start(&server.endpoint(), &p, flags);
     let file = mount.file("f");
     // Fill the kernel's page cache.
     assert_eq!(fs::read_to_string(&file).unwrap(), old);

@@ -215,8 +215,9 @@ impl EtcdFs {
         };
         if flags.acc_mode() == OpenAccMode::O_RDONLY {
             // Readers are served from memory and the kernel's page cache,
-            // which the watch invalidates on every change.
-            return Ok((0, FopenFlags::FOPEN_KEEP_CACHE));
+            // which the watch invalidates on every change; their close has
+            // nothing to commit, so the kernel need not send a flush.
+            return Ok((0, FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH));
         }
         self.writable()?;
         let (data, base) = self
@@ -509,6 +510,13 @@ impl Filesystem for EtcdFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.owner.read_only {
+            // No file of a read-only mount needs a handle: ENOSYS tells the
+            // kernel to stop sending opens and releases (it keeps the page
+            // cache, which the watch invalidates). Writes never get here: the
+            // mount itself is read-only.
+            return reply.error(Errno::ENOSYS);
+        }
         match self.do_open(ino, flags) {
             Ok((fh, open_flags)) => reply.opened(FileHandle(fh), open_flags),
             Err(e) => reply.error(e),
@@ -582,6 +590,10 @@ impl Filesystem for EtcdFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if self.owner.read_only {
+            // Nothing to commit ever: ENOSYS stops the kernel's flushes.
+            return reply.error(Errno::ENOSYS);
+        }
         done(reply, self.flush_handle(fh))
     }
 

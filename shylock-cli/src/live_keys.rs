@@ -10,8 +10,13 @@ use tokio::sync::mpsc;
 /// Keys (full etcd keys) and values.
 pub type Keys = BTreeMap<String, Vec<u8>>;
 
+/// The copy the watch updates. Readers take the inner `Arc` (no copy); the
+/// watch changes it in place unless a reader still holds it, and only then
+/// copies it (`Arc::make_mut`).
+type Shared = Arc<Mutex<Arc<Keys>>>;
+
 pub struct LiveKeys {
-    keys: Arc<Mutex<Keys>>,
+    keys: Shared,
     changes: mpsc::UnboundedReceiver<Vec<String>>,
     _watches: Vec<TreeWatch>,
 }
@@ -34,14 +39,13 @@ impl LiveKeys {
         prefixes: &[String],
         with_key: bool,
     ) -> Result<LiveKeys, shylock::Error> {
-        let keys: Arc<Mutex<Keys>> = Arc::default();
+        let keys: Shared = Arc::default();
         let (tx, changes) = mpsc::unbounded_channel();
         let mut watches = Vec::new();
         for prefix in prefixes {
             let (tree, watch) =
                 Self::watch(client, prefix, with_key, keys.clone(), tx.clone()).await?;
-            keys.lock()
-                .unwrap_or_else(PoisonError::into_inner)
+            Arc::make_mut(&mut keys.lock().unwrap_or_else(PoisonError::into_inner))
                 .extend(tree.iter().map(|(k, e)| (k.to_owned(), e.value.to_vec())));
             watches.push(watch);
         }
@@ -56,13 +60,20 @@ impl LiveKeys {
         client: &shylock::Client,
         prefix: &str,
         with_key: bool,
-        keys: Arc<Mutex<Keys>>,
+        keys: Shared,
         tx: mpsc::UnboundedSender<Vec<String>>,
     ) -> Result<(shylock::Tree, TreeWatch), shylock::Error> {
         let copy = keys;
         let scope = prefix.trim_end_matches('/').to_owned();
         let handler = move |event: TreeEvent<'_>| {
-            let mut keys = copy.lock().unwrap_or_else(PoisonError::into_inner);
+            if let TreeEvent::Connection(error) = &event {
+                if let Some(error) = error {
+                    tracing::warn!(%error, "etcd connection lost; files keep their last content");
+                }
+                return;
+            }
+            let mut shared = copy.lock().unwrap_or_else(PoisonError::into_inner);
+            let keys = Arc::make_mut(&mut shared);
             let changed = match event {
                 TreeEvent::Changed { changes, .. } => changes
                     .iter()
@@ -84,10 +95,6 @@ impl LiveKeys {
                     changed.extend(tree.iter().map(|(k, _)| k.to_owned()));
                     changed
                 }
-                TreeEvent::Connection(Some(error)) => {
-                    tracing::warn!(%error, "etcd connection lost; files keep their last content");
-                    Vec::new()
-                }
                 _ => Vec::new(),
             };
             if !changed.is_empty() {
@@ -102,8 +109,9 @@ impl LiveKeys {
         Ok((tree, watch))
     }
 
-    /// The keys as they are now.
-    pub fn snapshot(&self) -> Keys {
+    /// The keys as they are now. Drop it before the next change arrives,
+    /// or that change has to copy every key.
+    pub fn snapshot(&self) -> Arc<Keys> {
         self.keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

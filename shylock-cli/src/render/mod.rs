@@ -202,7 +202,7 @@ async fn batch(
     args: &RenderArgs,
 ) -> usize {
     // One copy of the keys for the whole batch.
-    let keys = std::sync::Arc::new(live.snapshot());
+    let keys = live.snapshot();
     let mut failed = vec![false; resources.len()];
     let mut reloads: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for &i in due {

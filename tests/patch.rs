@@ -159,15 +159,21 @@ async fn whole_at(etcd: &mut etcd_client::Client, p: &str, revision: i64) -> Opt
     Whole::from_pairs(p, pairs).ok().map(|w| canon(&w))
 }
 
+/// A `Whole` config at `p` with its required keys set, and a client to write.
+async fn start(p: &str, port: &str) -> (shylock::Live<Whole>, etcd_client::Client) {
+    let server = shared_server();
+    let mut etcd = etcd(&[server.endpoint()]).await;
+    put(&mut etcd, &format!("{p}/port"), port).await;
+    put(&mut etcd, &format!("{p}/db/url"), "u1").await;
+    let client = client(&[server.endpoint()]).await;
+    let live = client.config::<Whole>(p).await.expect("initial load");
+    (live, etcd)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn patched_configs_equal_configs_built_whole() {
     let p = unique_prefix("patch");
-    let server = shared_server();
-    let mut etcd = etcd(&[server.endpoint()]).await;
-    put(&mut etcd, &format!("{p}/port"), "80").await;
-    put(&mut etcd, &format!("{p}/db/url"), "u1").await;
-    let client = client(&[server.endpoint()]).await;
-    let live = client.config::<Whole>(&p).await.expect("initial load");
+    let (live, mut etcd) = start(&p, "80").await;
     let mut good = canon(&live.load());
 
     // Every entry of `pinned` reads MODE, so the config depends on it.
@@ -261,12 +267,7 @@ async fn patched_configs_equal_configs_built_whole() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_held_snapshot_is_never_patched() {
     let p = unique_prefix("patch-held");
-    let server = shared_server();
-    let mut etcd = etcd(&[server.endpoint()]).await;
-    put(&mut etcd, &format!("{p}/port"), "1").await;
-    put(&mut etcd, &format!("{p}/db/url"), "u1").await;
-    let client = client(&[server.endpoint()]).await;
-    let live = client.config::<Whole>(&p).await.expect("initial load");
+    let (live, mut etcd) = start(&p, "1").await;
 
     let first = live.load_full();
     let r = put(&mut etcd, &format!("{p}/port"), "2").await;

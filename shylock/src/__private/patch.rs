@@ -58,50 +58,38 @@ pub trait MapSlot<T> {
     fn each(&mut self, f: &mut dyn FnMut(&str, &mut T));
 }
 
-impl<T> MapSlot<T> for BTreeMap<String, T> {
-    fn put(&mut self, name: &str, value: T) {
-        match self.get_mut(name) {
-            Some(slot) => *slot = value,
-            None => {
-                self.insert(name.to_owned(), value);
+/// The same four methods for both map types.
+macro_rules! map_slot {
+    () => {
+        fn put(&mut self, name: &str, value: T) {
+            match self.get_mut(name) {
+                Some(slot) => *slot = value,
+                None => {
+                    self.insert(name.to_owned(), value);
+                }
             }
         }
-    }
 
-    fn take(&mut self, name: &str) {
-        self.remove(name);
-    }
+        fn take(&mut self, name: &str) {
+            self.remove(name);
+        }
 
-    fn slot(&mut self, name: &str) -> Option<&mut T> {
-        self.get_mut(name)
-    }
+        fn slot(&mut self, name: &str) -> Option<&mut T> {
+            self.get_mut(name)
+        }
 
-    fn each(&mut self, f: &mut dyn FnMut(&str, &mut T)) {
-        self.iter_mut().for_each(|(k, v)| f(k, v));
-    }
+        fn each(&mut self, f: &mut dyn FnMut(&str, &mut T)) {
+            self.iter_mut().for_each(|(k, v)| f(k, v));
+        }
+    };
+}
+
+impl<T> MapSlot<T> for BTreeMap<String, T> {
+    map_slot!();
 }
 
 impl<T, S: BuildHasher> MapSlot<T> for HashMap<String, T, S> {
-    fn put(&mut self, name: &str, value: T) {
-        match self.get_mut(name) {
-            Some(slot) => *slot = value,
-            None => {
-                self.insert(name.to_owned(), value);
-            }
-        }
-    }
-
-    fn take(&mut self, name: &str) {
-        self.remove(name);
-    }
-
-    fn slot(&mut self, name: &str) -> Option<&mut T> {
-        self.get_mut(name)
-    }
-
-    fn each(&mut self, f: &mut dyn FnMut(&str, &mut T)) {
-        self.iter_mut().for_each(|(k, v)| f(k, v));
-    }
+    map_slot!();
 }
 
 /// Each `patch_*` method brings one field up to date. It returns `None` when

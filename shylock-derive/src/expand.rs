@@ -29,24 +29,12 @@ pub fn derive(input: &Input<'_>) -> TokenStream {
         let name = f.ident;
         quote!(#name: #name?)
     });
-    let struct_check = input.attrs.validate.get().map(|v| {
-        let path = &v.value;
-        let call = quote_spanned!(path.span()=> #path(&__value));
-        quote! {
-            if !__cx.check(__base, #call) {
-                return ::core::option::Option::None;
-            }
-        }
-    });
-    let struct_recheck = input.attrs.validate.get().map(|v| {
-        let path = &v.value;
-        let call = quote_spanned!(path.span()=> #path(&*__value));
-        quote! {
-            if !__cx.check(__base, #call) {
-                return false;
-            }
-        }
-    });
+    let struct_check = struct_validation(
+        input,
+        quote!(&__value),
+        quote!(::core::option::Option::None),
+    );
+    let struct_recheck = struct_validation(input, quote!(&*__value), quote!(false));
     let debug = (!input.attrs.no_debug.is_set()).then(|| debug_impl(input));
 
     quote! {
@@ -85,6 +73,23 @@ pub fn derive(input: &Input<'_>) -> TokenStream {
         }
         #debug
     }
+}
+
+/// The struct's validator applied to `value`, returning `fail` when it refuses.
+fn struct_validation(
+    input: &Input<'_>,
+    value: TokenStream,
+    fail: TokenStream,
+) -> Option<TokenStream> {
+    input.attrs.validate.get().map(|v| {
+        let path = &v.value;
+        let call = quote_spanned!(path.span()=> #path(#value));
+        quote! {
+            if !__cx.check(__base, #call) {
+                return #fail;
+            }
+        }
+    })
 }
 
 /// The full key of a field, relative to `__base` unless absolute.

@@ -20,7 +20,7 @@ pub struct Tree {
 }
 
 impl FromIterator<(String, Entry)> for Tree {
-    /// A tree from entries in any order; a key given twice keeps its last entry.
+    /// A tree from entries in any order; a key given twice keeps one of its entries.
     fn from_iter<I: IntoIterator<Item = (String, Entry)>>(entries: I) -> Self {
         Tree {
             entries: entries

@@ -69,6 +69,42 @@ async fn changes_appear_on_read_only_mounts_too() {
     changes_appear(&["--read-only"]).await;
 }
 
+/// Reading a file again and again on a read-only mount never reaches shylock
+/// (no-open mode: one refused open, then no opens, flushes or releases); on
+/// a read-write mount every open does, but no flush. FUSE's request log
+/// (fuser at debug level) counts them.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_mounts_get_no_open_requests() {
+    let server = shared_server();
+    let p = unique_prefix("m-noopen");
+    let mut etcd = etcd(&server.endpoint()).await;
+    put(&mut etcd, &format!("{p}/f"), "v").await;
+    let requests = |log: &str, name: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!(" {name} ")))
+            .count()
+    };
+    let log_fuse = [("SHYLOCK_LOG", "fuser=debug")];
+    for (flags, read_only) in [(&["--read-only"][..], true), (&[][..], false)] {
+        let mount = Mount::start_with(&server.endpoint(), &p, flags, &log_fuse);
+        for _ in 0..5 {
+            assert_eq!(fs::read_to_string(mount.file("f")).unwrap(), "v");
+        }
+        let log = mount.stop_logged();
+        let (opens, flushes, releases) = (
+            requests(&log, "OPEN"),
+            requests(&log, "FLUSH"),
+            requests(&log, "RELEASE"),
+        );
+        if read_only {
+            assert_eq!((opens, releases), (1, 0), "read-only mount:\n{log}");
+            assert!(flushes <= 1, "read-only mount:\n{log}");
+        } else {
+            assert_eq!((opens, flushes), (5, 0), "read-write mount:\n{log}");
+        }
+    }
+}
+
 async fn changes_appear(flags: &[&str]) {
     let server = shared_server();
     let p = unique_prefix("m-live");

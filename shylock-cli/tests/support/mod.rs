@@ -121,18 +121,21 @@ impl Mount {
     }
 
     /// SIGTERM, then waits for a clean exit and the unmount.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        self.stop_logged();
+    }
+
+    /// Like [`stop`](Self::stop); returns what the mount wrote to stderr.
+    pub fn stop_logged(mut self) -> String {
         let mut child = self.child.take().unwrap();
         signal(&child, libc::SIGTERM);
         let status = wait_exit(&mut child);
+        let stderr = stderr_of(&mut child);
         if !status.success() {
-            panic!(
-                "shylock mount exited with {status}:
-{}",
-                stderr_of(&mut child)
-            );
+            panic!("shylock mount exited with {status}:\n{stderr}");
         }
         assert!(!is_mounted(&self.path), "still mounted after exit");
+        stderr
     }
 
     /// SIGKILL: leaves a stale mount behind, as a crash would.

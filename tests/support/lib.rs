@@ -4,7 +4,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-pub use shylock::testing::{shared_server, unique_prefix, EtcdCluster, EtcdServer};
+pub use shylock::testing::{
+    shared_server, unique_prefix, EtcdCluster, EtcdOptions, EtcdServer, GrpcProxy, Proxy,
+};
 
 /// How long any awaited condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);

@@ -1,11 +1,14 @@
-//! Several etcd members on loopback, forming one cluster.
+//! Several etcd members on loopback, forming one cluster, with their peer
+//! traffic relayed so that a member can be partitioned from the others.
 
+use super::partition::PeerRelays;
 use super::process;
 use super::server::{EtcdOptions, EtcdServer};
 
 /// A cluster of etcd members on loopback ports. Stopped on drop.
 pub struct EtcdCluster {
     members: Vec<EtcdServer>,
+    relays: PeerRelays,
 }
 
 impl EtcdCluster {
@@ -24,10 +27,10 @@ impl EtcdCluster {
             let ports: Vec<(u16, u16)> = (0..size)
                 .map(|_| (process::free_port(), process::free_port()))
                 .collect();
-            let initial = ports
-                .iter()
-                .enumerate()
-                .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            let peers: Vec<u16> = ports.iter().map(|&(_, peer)| peer).collect();
+            let relays = PeerRelays::start(&peers);
+            let initial = (0..size)
+                .map(|i| format!("m{i}=http://127.0.0.1:{}", relays.port(i)))
                 .collect::<Vec<_>>()
                 .join(",");
             let members: Vec<EtcdServer> = ports
@@ -37,7 +40,7 @@ impl EtcdCluster {
                     EtcdServer::unstarted(
                         &format!("m{i}"),
                         client,
-                        peer,
+                        (peer, relays.port(i)),
                         Some(initial.clone()),
                         &options,
                     )
@@ -48,7 +51,7 @@ impl EtcdCluster {
                 .try_for_each(|m| m.spawn().map_err(|e| format!("could not run etcd: {e}")))
                 .and_then(|()| members.iter().try_for_each(EtcdServer::wait_ready));
             match started {
-                Ok(()) => return EtcdCluster { members },
+                Ok(()) => return EtcdCluster { members, relays },
                 Err(log) => last = log,
             }
         }
@@ -68,5 +71,17 @@ impl EtcdCluster {
     /// All members.
     pub fn members(&self) -> &[EtcdServer] {
         &self.members
+    }
+
+    /// Cuts member `index` off from the other members, both ways, as a
+    /// network partition would: it keeps running and clients still reach
+    /// it, but it loses its quorum. Until [`heal`](Self::heal).
+    pub fn isolate(&self, index: usize) {
+        self.relays.isolate(index);
+    }
+
+    /// Ends a partition made by [`isolate`](Self::isolate).
+    pub fn heal(&self) {
+        self.relays.heal();
     }
 }

@@ -19,6 +19,8 @@
 //! ```
 
 mod cluster;
+mod grpc_proxy;
+mod partition;
 mod process;
 mod proxy;
 mod server;
@@ -27,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 pub use cluster::EtcdCluster;
+pub use grpc_proxy::GrpcProxy;
 pub use proxy::Proxy;
 pub use server::{EtcdOptions, EtcdServer};
 

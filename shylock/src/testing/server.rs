@@ -10,8 +10,6 @@ use super::process;
 
 /// How long a member may take to serve clients after it starts.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
-/// What etcd logs once it serves clients.
-const READY_LINE: &str = "ready to serve client requests";
 
 /// One etcd member: a process on loopback ports with its own data directory.
 /// Stopped and its data removed on drop.
@@ -19,7 +17,12 @@ pub struct EtcdServer {
     name: String,
     dir: tempfile::TempDir,
     client_port: u16,
+    /// Where the member listens for peers.
     peer_port: u16,
+    /// Where other members reach it: `peer_port`, or a relay in front of it.
+    advertised_peer_port: u16,
+    /// Plain-HTTP `/health` and `/metrics`, whatever the client scheme.
+    metrics_port: u16,
     initial_cluster: String,
     extra_args: Vec<String>,
     scheme: &'static str,
@@ -66,13 +69,9 @@ impl EtcdServer {
     pub fn start_with(options: EtcdOptions) -> EtcdServer {
         let mut last = String::new();
         for _ in 0..3 {
-            let server = Self::unstarted(
-                "solo",
-                process::free_port(),
-                process::free_port(),
-                None,
-                &options,
-            );
+            let peer = process::free_port();
+            let server =
+                Self::unstarted("solo", process::free_port(), (peer, peer), None, &options);
             match server.spawn_and_wait() {
                 Ok(()) => return server,
                 Err(log) => last = log,
@@ -81,10 +80,12 @@ impl EtcdServer {
         panic!("etcd did not start (three tries, fresh ports each):\n{last}");
     }
 
+    /// A member not yet running. `peer` is the port it listens on for peers
+    /// and the one it advertises to them (the same, or a relay's).
     pub(crate) fn unstarted(
         name: &str,
         client_port: u16,
-        peer_port: u16,
+        (peer_port, advertised_peer_port): (u16, u16),
         initial_cluster: Option<String>,
         options: &EtcdOptions,
     ) -> EtcdServer {
@@ -97,8 +98,10 @@ impl EtcdServer {
             dir,
             client_port,
             peer_port,
+            advertised_peer_port,
+            metrics_port: process::free_port(),
             initial_cluster: initial_cluster
-                .unwrap_or_else(|| format!("{name}=http://127.0.0.1:{peer_port}")),
+                .unwrap_or_else(|| format!("{name}=http://127.0.0.1:{advertised_peer_port}")),
             extra_args: options.extra_args.clone(),
             scheme: if options.tls { "https" } else { "http" },
             child: Mutex::new(None),
@@ -112,7 +115,35 @@ impl EtcdServer {
 
     /// The peer URL other members reach this one at.
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://127.0.0.1:{}", self.advertised_peer_port)
+    }
+
+    /// The plain-HTTP URL of the member's `/health` and `/metrics` pages
+    /// (served apart from the client URL, so also for TLS servers).
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.metrics_port)
+    }
+
+    /// The sum of one of etcd's own metrics over the series whose labels
+    /// contain `labels` (empty: all), read from its `/metrics` page.
+    ///
+    /// # Panics
+    /// If the page cannot be read.
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+        let body = http_get(self.metrics_port, "/metrics")
+            .unwrap_or_else(|e| panic!("read etcd {}'s metrics: {e}", self.name));
+        body.lines()
+            .filter(|l| {
+                l.starts_with(name) && l[name.len()..].starts_with([' ', '{']) && l.contains(labels)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Whether the member reports itself healthy: it runs, has a leader
+    /// and serves reads (etcd's `/health`).
+    pub fn is_healthy(&self) -> bool {
+        http_get(self.metrics_port, "/health").is_ok_and(|b| b.contains("\"health\":\"true\""))
     }
 
     /// The member's name in its cluster.
@@ -200,8 +231,12 @@ impl EtcdServer {
             ))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={}", self.peer_url()))
+            .arg(format!(
+                "--listen-peer-urls=http://127.0.0.1:{}",
+                self.peer_port
+            ))
             .arg(format!("--initial-advertise-peer-urls={}", self.peer_url()))
+            .arg(format!("--listen-metrics-urls={}", self.metrics_url()))
             .arg(format!("--initial-cluster={}", self.initial_cluster))
             .arg("--initial-cluster-token=shylock-test")
             .arg("--heartbeat-interval=100")
@@ -215,19 +250,23 @@ impl EtcdServer {
         Ok(())
     }
 
-    /// Waits for etcd's "ready" log line; on failure returns the log's end.
+    /// Waits until etcd reports itself healthy (whatever it logs: some
+    /// `--logger` settings print no "ready" line); on failure returns the
+    /// log's end.
     pub(crate) fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
-            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-            if log.contains(READY_LINE) {
+            if self.is_healthy() {
                 return Ok(());
             }
+            let log = || std::fs::read_to_string(self.log_path()).unwrap_or_default();
             if !self.is_running() {
+                let log = log();
                 return Err(format!("etcd {} exited:\n{}", self.name, tail(&log)));
             }
             if Instant::now() > deadline {
                 self.kill();
+                let log = log();
                 return Err(format!(
                     "etcd {} not ready after {READY_DEADLINE:?}:\n{}",
                     self.name,
@@ -248,6 +287,23 @@ impl EtcdServer {
 impl Drop for EtcdServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The body of `GET path` from a plain-HTTP listener on loopback.
+pub(crate) fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") => Ok(body.to_owned()),
+        _ => Err(std::io::Error::other(format!(
+            "not an HTTP response from port {port}"
+        ))),
     }
 }
 

@@ -1,10 +1,10 @@
-//! etcd with authentication: a read-only role, permission errors, an
-//! expiring token outlived by a watch, and etcdctl's environment variables.
+//! etcd with authentication: a read-only role, permission errors, expiring
+//! tokens (a watch created or re-created after its token expired), a watch
+//! refused for good, and etcdctl's environment variables.
 
 use std::time::Duration;
 
 use etcd_client::Permission;
-use shylock::testing::EtcdOptions;
 use shylock::{ConfigOptions, ConnectOptions, EtcdConfig, Startup};
 use shylock_e2e::*;
 
@@ -14,6 +14,28 @@ struct App {
     port: u16,
     #[etcd(default = "none")]
     name: String,
+}
+
+/// A config whose keys the `app` user may read one by one, but whose
+/// covering watch range (`/app/port` to `/zz/flag`) it may not watch.
+#[derive(EtcdConfig)]
+#[allow(dead_code)]
+struct Span {
+    port: u16,
+    #[etcd(key = "/zz/flag", default)]
+    flag: String,
+}
+
+/// etcd's token lifetime in the expiry tests, in seconds.
+const TTL: u64 = 1;
+
+fn with_short_tokens() -> EtcdServer {
+    EtcdServer::start_with(EtcdOptions::new().arg(format!("--auth-token-ttl={TTL}")))
+}
+
+/// Outlives the client's token: this sleep is the scenario, not a wait.
+async fn let_the_token_expire() {
+    tokio::time::sleep(Duration::from_secs(TTL * 3)).await;
 }
 
 const ROOT: (&str, &str) = ("root", "root-pw");
@@ -28,6 +50,9 @@ async fn enable_auth(server: &EtcdServer) -> etcd_client::Client {
     etcd.user_grant_role(ROOT.0, "root").await.unwrap();
     etcd.role_add("reader").await.unwrap();
     etcd.role_grant_permission("reader", Permission::read("/app/").with_prefix())
+        .await
+        .unwrap();
+    etcd.role_grant_permission("reader", Permission::read("/zz/flag"))
         .await
         .unwrap();
     etcd.user_add(APP.0, APP.1, None).await.unwrap();
@@ -137,6 +162,97 @@ async fn a_watch_outlives_its_token_and_etcd_restarts() {
         |a| a.port == 2,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_created_after_the_token_expired_follows_etcd() {
+    init_logs();
+    let server = with_short_tokens();
+    let mut root = enable_auth(&server).await;
+    put(&mut root, "/app/other/port", "1").await;
+    let client = shylock::Client::connect(as_app(&server)).await.unwrap();
+    let first = client.config::<App>("/app").await.unwrap();
+    let_the_token_expire().await;
+
+    // Its read renews the token; its watch goes on the stream opened with
+    // the old one, which etcd now refuses.
+    let second = client.config::<App>("/app/other").await.unwrap();
+    let r = put(&mut root, "/app/other/port", "2").await;
+    assert_eq!(applied(&second, r).await.port, 2);
+    let r = put(&mut root, "/app/port", "3").await;
+    assert_eq!(applied(&first, r).await.port, 3);
+    wait_for("both configs healthy", || {
+        let ok = first.status().is_current() && second.status().is_current();
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_recreated_after_the_token_expired_follows_etcd() {
+    init_logs();
+    let server = with_short_tokens();
+    let mut root = enable_auth(&server).await;
+    let relay = Proxy::start(&server.endpoint());
+    let options = ConnectOptions::new([relay.endpoint()]).with_user(APP.0, APP.1);
+    let client = shylock::Client::connect(options).await.unwrap();
+    let live = client.config::<App>("/app").await.unwrap();
+    let_the_token_expire().await;
+
+    // A network blip: the new stream carries the expired token.
+    relay.cut();
+    wait_for("the cut to be noticed", || {
+        let cut = live.status().connection_error.is_some();
+        async move { cut.then_some(()) }
+    })
+    .await;
+    let r = put(&mut root, "/app/port", "4").await;
+    relay.restore();
+    assert_eq!(applied(&live, r).await.port, 4);
+    let r = put(&mut root, "/app/port", "5").await;
+    assert_eq!(applied(&live, r).await.port, 5);
+    wait_for("the config healthy again", || {
+        let ok = live.status().is_current();
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_refused_for_good_is_reported_and_not_retried() {
+    init_logs();
+    let server = EtcdServer::start();
+    let mut root = enable_auth(&server).await;
+    put(&mut root, "/zz/flag", "on").await;
+    let client = shylock::Client::connect(as_app(&server)).await.unwrap();
+    let live = client
+        .config::<Span>("/app")
+        .await
+        .expect("each key may be read");
+    assert_eq!(live.load().flag, "on");
+    let status = wait_for("the refusal in the status", || {
+        let status = live.status();
+        let refused = status
+            .connection_error
+            .as_deref()
+            .is_some_and(|e| e.contains("permission denied"));
+        async move { refused.then_some(status) }
+    })
+    .await;
+    let error = status.connection_error.clone().unwrap();
+    assert!(error.contains("/app/port"), "names the range: {error}");
+    assert!(!status.is_current(), "{status:?}");
+    // Given up, not retried: nothing changes over a while.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = live.status();
+    assert_eq!(later.reconnects, status.reconnects, "{later:?}");
+    assert_eq!(later.connection_error, status.connection_error);
+    assert_eq!(live.load().port, 8080, "the loaded config keeps serving");
+
+    // The same client's other configs are not affected.
+    let app = client.config::<App>("/app").await.unwrap();
+    let r = put(&mut root, "/app/port", "8081").await;
+    assert_eq!(applied(&app, r).await.port, 8081);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -115,9 +115,11 @@ impl ConnectOptions {
         self
     }
 
-    /// How long the watch stream may go without any answer from etcd (the
-    /// client asks for a progress report every third of it) before it is
-    /// taken as stalled and reopened. Default 30 seconds.
+    /// How long the watch stream may go without any answer from etcd before
+    /// it is taken as stalled and reopened. Whenever the stream has been
+    /// silent for a third of it, the client asks etcd for a sign of life (a
+    /// progress request, or where nothing answers those, such as etcd's
+    /// gRPC proxy, a short-lived watch). Default 30 seconds.
     pub fn with_stall_timeout(mut self, timeout: Duration) -> Self {
         self.stall_timeout = timeout;
         self
@@ -133,6 +135,11 @@ impl ConnectOptions {
     /// The endpoints, as given.
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
+    }
+
+    /// The stall timeout (see [`with_stall_timeout`](Self::with_stall_timeout)).
+    pub fn stall_timeout(&self) -> Duration {
+        self.stall_timeout
     }
 }
 
@@ -160,7 +167,12 @@ impl Client {
             .with_connect_timeout(options.startup_timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true)
-            .with_auto_token_refresh(true);
+            .with_auto_token_refresh(true)
+            // A member cut off from its quorum refuses requests and cancels
+            // the watch stream (after about three election timeouts), so
+            // the client moves to a member that has a leader instead of
+            // silently waiting on one that cannot get new writes.
+            .with_require_leader(true);
         if let Some(tls) = &options.tls {
             connect = connect.with_tls(tls.load()?);
         }
@@ -266,19 +278,22 @@ impl Client {
     /// Authenticates once, if a user is set.
     async fn authenticate(&self) -> Result<()> {
         let auth = &self.inner.auth;
-        auth.ensure(&self.inner.etcd).await.map_err(|source| {
-            if is_connection_error(&source) {
-                self.unreachable(source.to_string())
-            } else {
-                Error::Etcd {
-                    context: format!(
-                        "authenticating as user {:?}",
-                        auth.name().unwrap_or_default()
-                    ),
-                    source,
+        auth.ensure(&self.inner.etcd)
+            .await
+            .map(drop)
+            .map_err(|source| {
+                if is_connection_error(&source) {
+                    self.unreachable(source.to_string())
+                } else {
+                    Error::Etcd {
+                        context: format!(
+                            "authenticating as user {:?}",
+                            auth.name().unwrap_or_default()
+                        ),
+                        source,
+                    }
                 }
-            }
-        })
+            })
     }
 
     /// One read of every dependency, within the startup timeout.

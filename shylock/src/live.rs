@@ -134,6 +134,7 @@ impl<T: EtcdConfig> Live<T> {
             tree,
             revision,
             origin == Origin::Etcd,
+            client.options().stall_timeout(),
         );
         let sink = LiveSink {
             shared: shared.clone(),
@@ -171,6 +172,7 @@ impl<T> Shared<T> {
         tree: Tree,
         revision: i64,
         synced: bool,
+        stall_timeout: std::time::Duration,
     ) -> (Arc<Self>, watch::Receiver<Arc<Snapshot<T>>>) {
         let first = Arc::new(Snapshot { value, revision });
         let (notify, seen) = watch::channel(first.clone());
@@ -184,6 +186,7 @@ impl<T> Shared<T> {
                 applied_revision: revision,
                 last_event: Some(SystemTime::now()),
                 synced,
+                stall_timeout,
                 ..Status::default()
             }),
             tree: Mutex::new(tree),
@@ -209,7 +212,9 @@ impl<T: Send + Sync + 'static> Live<T> {
     /// assert_eq!(live.load().revision(), 2);
     /// ```
     pub fn local(value: T) -> (Live<T>, Publisher<T>) {
-        let (shared, seen) = Shared::new(value, "", Vec::new(), Tree::default(), 1, true);
+        // Nothing can go stale: only `publish` changes it.
+        let forever = std::time::Duration::MAX;
+        let (shared, seen) = Shared::new(value, "", Vec::new(), Tree::default(), 1, true, forever);
         let publisher = Publisher {
             shared: shared.clone(),
         };
@@ -596,8 +601,9 @@ impl<T: EtcdConfig> Sink for LiveSink<T> {
         self.shared.confirm(revision);
     }
 
-    fn alive(&mut self) {
-        lock(&self.shared.status).last_event = Some(SystemTime::now());
+    fn alive(&mut self, at: SystemTime) {
+        let mut status = lock(&self.shared.status);
+        status.last_event = status.last_event.max(Some(at));
     }
 
     fn connection(&mut self, state: Connection) {
@@ -608,6 +614,11 @@ impl<T: EtcdConfig> Sink for LiveSink<T> {
                 status.connection_error = None;
             }
             Connection::Down(error) => {
+                status.member = None;
+                status.connection_error = Some(error);
+                status.reconnects += 1;
+            }
+            Connection::Refused(error) => {
                 status.member = None;
                 status.connection_error = Some(error);
             }

@@ -1,6 +1,6 @@
 //! The health of one live config, for logs and metrics.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::error::ConfigError;
 
@@ -33,17 +33,34 @@ pub struct Status {
     /// Whether the config holds etcd's values yet: `false` while a config
     /// started on its defaults or a snapshot waits for etcd.
     pub synced: bool,
+    /// Times the watch stream serving this config broke (and was reopened).
+    pub reconnects: u64,
+    /// The client's stall timeout
+    /// ([`ConnectOptions::with_stall_timeout`](crate::ConnectOptions::with_stall_timeout)):
+    /// the longest [`staleness`](Self::staleness) of a config whose watch works.
+    pub stall_timeout: Duration,
 }
 
 impl Status {
-    /// How stale the config may be: the time since etcd last confirmed it
-    /// (an event, or an answer to the periodic progress request).
-    pub fn staleness(&self) -> Option<std::time::Duration> {
+    /// How stale the config may be: the time since etcd last proved that
+    /// this config's watch delivers, by an event for it or by any answer
+    /// on the stream that carries it (to a change, a progress request or a
+    /// probe; the client asks for one whenever the stream has been silent
+    /// for a third of the stall timeout). While the watch works it stays
+    /// below the stall timeout; past it the stream is taken as stalled and
+    /// reopened. A change made in etcd reaches the config within that time
+    /// unless the watch reports an error.
+    pub fn staleness(&self) -> Option<Duration> {
         self.last_event.map(|t| t.elapsed().unwrap_or_default())
     }
 
-    /// Whether the config serving now is what etcd holds.
+    /// Whether the config serving now is known to be etcd's: it holds etcd's
+    /// values (not a startup fallback), no update is being rejected, the
+    /// watch reports no error, and etcd confirmed it within the stall timeout.
     pub fn is_current(&self) -> bool {
-        self.last_error.is_none() && self.connection_error.is_none()
+        self.synced
+            && self.last_error.is_none()
+            && self.connection_error.is_none()
+            && self.staleness().is_some_and(|s| s <= self.stall_timeout)
     }
 }

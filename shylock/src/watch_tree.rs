@@ -86,12 +86,14 @@ impl Sink for TreeSink {
 
     fn progress(&mut self, _revision: i64) {}
 
-    fn alive(&mut self) {}
+    fn alive(&mut self, _at: std::time::SystemTime) {}
 
     fn connection(&mut self, state: Connection) {
         match state {
             Connection::Up(_) => self.call(TreeEvent::Connection(None)),
-            Connection::Down(error) => self.call(TreeEvent::Connection(Some(&error))),
+            Connection::Down(error) | Connection::Refused(error) => {
+                self.call(TreeEvent::Connection(Some(&error)))
+            }
         }
     }
 

@@ -18,7 +18,7 @@ type Shared = Arc<Mutex<Arc<Keys>>>;
 pub struct LiveKeys {
     keys: Shared,
     changes: mpsc::UnboundedReceiver<Vec<String>>,
-    _watches: Vec<TreeWatch>,
+    _watch: TreeWatch,
 }
 
 impl LiveKeys {
@@ -32,39 +32,17 @@ impl LiveKeys {
         Self::follow_many(client, &[prefix.to_owned()], with_key).await
     }
 
-    /// Like [`follow`](Self::follow) for several prefixes, on the client's
-    /// one watch stream, into one copy and one change channel.
+    /// Like [`follow`](Self::follow) for several prefixes: read at one
+    /// revision and followed by one watch, so the copy only ever holds a
+    /// state etcd held (a transaction across prefixes is one change).
     pub async fn follow_many(
         client: &shylock::Client,
         prefixes: &[String],
         with_key: bool,
     ) -> Result<LiveKeys, shylock::Error> {
         let keys: Shared = Arc::default();
-        let (tx, changes) = mpsc::unbounded_channel();
-        let mut watches = Vec::new();
-        for prefix in prefixes {
-            let (tree, watch) =
-                Self::watch(client, prefix, with_key, keys.clone(), tx.clone()).await?;
-            Arc::make_mut(&mut keys.lock().unwrap_or_else(PoisonError::into_inner))
-                .extend(tree.iter().map(|(k, e)| (k.to_owned(), e.value.to_vec())));
-            watches.push(watch);
-        }
-        Ok(LiveKeys {
-            keys,
-            changes,
-            _watches: watches,
-        })
-    }
-
-    async fn watch(
-        client: &shylock::Client,
-        prefix: &str,
-        with_key: bool,
-        keys: Shared,
-        tx: mpsc::UnboundedSender<Vec<String>>,
-    ) -> Result<(shylock::Tree, TreeWatch), shylock::Error> {
-        let copy = keys;
-        let scope = prefix.trim_end_matches('/').to_owned();
+        let (tx, mut changes) = mpsc::unbounded_channel();
+        let copy = keys.clone();
         let handler = move |event: TreeEvent<'_>| {
             if let TreeEvent::Connection(error) = &event {
                 if let Some(error) = error {
@@ -86,11 +64,8 @@ impl LiveKeys {
                     })
                     .collect(),
                 TreeEvent::Replaced { tree, .. } => {
-                    // Replace this watch's part of the copy only.
-                    let ours = |k: &str| k == scope || k.starts_with(&format!("{scope}/"));
-                    let mut changed: Vec<String> =
-                        keys.keys().filter(|k| ours(k)).cloned().collect();
-                    keys.retain(|k, _| !ours(k));
+                    let mut changed: Vec<String> = keys.keys().cloned().collect();
+                    keys.clear();
                     keys.extend(tree.iter().map(|(k, e)| (k.to_owned(), e.value.to_vec())));
                     changed.extend(tree.iter().map(|(k, _)| k.to_owned()));
                     changed
@@ -101,12 +76,15 @@ impl LiveKeys {
                 let _ = tx.send(changed);
             }
         };
-        let (tree, _, watch) = if with_key {
-            client.watch_key_and_tree(prefix, handler).await?
-        } else {
-            client.watch_tree(prefix, handler).await?
-        };
-        Ok((tree, watch))
+        let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        let (_, watch) = client.watch_trees(&prefixes, with_key, handler).await?;
+        // The first read reached the copy as a change: not one to act on.
+        while changes.try_recv().is_ok() {}
+        Ok(LiveKeys {
+            keys,
+            changes,
+            _watch: watch,
+        })
     }
 
     /// The keys as they are now. Drop it before the next change arrives,

@@ -5,86 +5,10 @@ mod support;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use support::*;
-
-/// A confdir with templates, resources and helper scripts, in a temp dir.
-struct Confdir {
-    dir: tempfile::TempDir,
-}
-
-impl Confdir {
-    fn new() -> Confdir {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("conf.d")).unwrap();
-        fs::create_dir_all(dir.path().join("templates")).unwrap();
-        Confdir { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn template(&self, name: &str, text: &str) -> &Self {
-        fs::write(self.path("templates").join(name), text).unwrap();
-        self
-    }
-
-    fn resource(&self, name: &str, toml: &str) -> &Self {
-        fs::write(self.path("conf.d").join(format!("{name}.toml")), toml).unwrap();
-        self
-    }
-
-    /// A script that appends a line to `log` and exits with `code`.
-    fn script(&self, name: &str, body: &str) -> String {
-        let path = self.path(name);
-        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        path.display().to_string()
-    }
-
-    fn lines(&self, name: &str) -> usize {
-        fs::read_to_string(self.path(name)).map_or(0, |t| t.lines().count())
-    }
-
-    fn render(&self, endpoint: &str, extra: &[&str]) -> Output {
-        shylock()
-            .args(["--endpoints", endpoint, "render", "--confdir"])
-            .arg(self.dir.path())
-            .args(extra)
-            .output()
-            .unwrap()
-    }
-
-    fn spawn(&self, endpoint: &str, extra: &[&str]) -> Daemon {
-        Daemon(
-            shylock()
-                .args(["--endpoints", endpoint, "render", "--confdir"])
-                .arg(self.dir.path())
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(fs::File::create(self.path("render.log")).unwrap())
-                .spawn()
-                .unwrap(),
-        )
-    }
-}
-
-/// The log of a `spawn`ed render, for failure messages.
-fn log(c: &Confdir) -> String {
-    text(&c.path("render.log"))
-}
-
-fn stop(child: Daemon) {
-    assert!(child.stop().success());
-}
-
-fn text(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn onetime_renders_checks_and_keeps_the_old_file_when_a_check_fails() {

@@ -1,7 +1,9 @@
-//! Following every key under a prefix as raw bytes, for programs that need
-//! the keys themselves rather than a typed struct (the `shylock` CLI's mount
-//! and file writer). Resume, resync and stall handling are the hub's, as for
-//! typed configs.
+//! Following every key under one or more prefixes as raw bytes, for
+//! programs that need the keys themselves rather than a typed struct (the
+//! `shylock` CLI's mount and file writer). Resume, resync and stall handling
+//! are the hub's, as for typed configs: several prefixes are read at one
+//! revision and followed by one watch, so a transaction that spans them
+//! arrives as one change.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,19 +17,21 @@ use crate::tree::Tree;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum TreeEvent<'a> {
-    /// The keys of one watch response, all at once (`None`: deleted).
+    /// The keys of one watch response, all at once (`None`: deleted); only
+    /// keys under the watched prefixes.
     Changed {
         /// The revision of the last change.
         revision: i64,
         /// Each changed key with its new value and revision.
         changes: &'a [(String, Option<Vec<u8>>, i64)],
     },
-    /// Everything was re-read at `revision` (after a compaction): the
-    /// handler should replace its copy with `tree`.
+    /// Every key as read at `revision`: first, before any change, then
+    /// again whenever everything was re-read (after a compaction). The
+    /// handler replaces its copy with `tree`.
     Replaced {
         /// The revision of the read.
         revision: i64,
-        /// Every key under the prefix.
+        /// Every key under the watched prefixes.
         tree: &'a Tree,
     },
     /// The watch stream broke (with the reason) or works again (`None`).
@@ -67,10 +71,15 @@ impl Sink for TreeSink {
     }
 
     fn apply(&mut self, revision: i64, changes: Vec<RawChange>) {
+        // One watch covers the span of every prefix: keep what they cover.
         let changes: Vec<(String, Option<Vec<u8>>, i64)> = changes
             .into_iter()
+            .filter(|c| self.dependencies.iter().any(|d| d.covers(&c.key)))
             .map(|c| (c.key, c.value, c.mod_revision))
             .collect();
+        if changes.is_empty() {
+            return;
+        }
         self.call(TreeEvent::Changed {
             revision,
             changes: &changes,
@@ -104,16 +113,18 @@ impl Sink for TreeSink {
 
 impl Client {
     /// Reads every key under `prefix/` at one revision (within the startup
-    /// timeout), returns them with that revision, and then calls `handler`
-    /// on the watch task for every later change, resync and connection
-    /// change. Keep the returned [`TreeWatch`] as long as the watch should
-    /// run. `handler` must be quick; it must not block on the caller.
+    /// timeout) and hands them to `handler` as [`TreeEvent::Replaced`], then
+    /// calls it on the watch task for every later change, resync and
+    /// connection change, in order: the handler's copy never misses a change
+    /// made between the read and the watch. Returns the revision read. Keep
+    /// the returned [`TreeWatch`] as long as the watch should run. `handler`
+    /// must be quick; it must not block on the caller.
     pub async fn watch_tree(
         &self,
         prefix: &str,
         handler: impl FnMut(TreeEvent<'_>) + Send + 'static,
-    ) -> Result<(Tree, i64, TreeWatch)> {
-        self.watch_keys(prefix, false, Box::new(handler)).await
+    ) -> Result<(i64, TreeWatch)> {
+        self.watch_trees(&[prefix], false, handler).await
     }
 
     /// Like [`watch_tree`](Client::watch_tree), and the key `key` itself too
@@ -122,42 +133,50 @@ impl Client {
         &self,
         key: &str,
         handler: impl FnMut(TreeEvent<'_>) + Send + 'static,
-    ) -> Result<(Tree, i64, TreeWatch)> {
-        self.watch_keys(key, true, Box::new(handler)).await
+    ) -> Result<(i64, TreeWatch)> {
+        self.watch_trees(&[key], true, handler).await
     }
 
-    async fn watch_keys(
+    /// Like [`watch_tree`](Client::watch_tree) for several prefixes at once
+    /// (each with its own key too when `with_keys`): read at one revision
+    /// and followed by one watch over the span of them all, so a
+    /// transaction touching several arrives as one [`TreeEvent::Changed`].
+    /// A user must be allowed to watch that whole span.
+    pub async fn watch_trees(
         &self,
-        prefix: &str,
-        with_key: bool,
-        handler: Handler,
-    ) -> Result<(Tree, i64, TreeWatch)> {
-        let base = prefix.trim_end_matches('/');
+        prefixes: &[&str],
+        with_keys: bool,
+        handler: impl FnMut(TreeEvent<'_>) + Send + 'static,
+    ) -> Result<(i64, TreeWatch)> {
         let dependency = |key: String, kind| Dependency {
             key,
             kind,
             secret: false,
             required: false,
         };
-        let mut dependencies = vec![dependency(format!("{base}/"), DependencyKind::Prefix)];
-        if with_key && !base.is_empty() {
-            dependencies.push(dependency(base.to_owned(), DependencyKind::Key));
+        let mut dependencies = Vec::new();
+        for prefix in prefixes {
+            let base = prefix.trim_end_matches('/');
+            dependencies.push(dependency(format!("{base}/"), DependencyKind::Prefix));
+            if with_keys && !base.is_empty() {
+                dependencies.push(dependency(base.to_owned(), DependencyKind::Key));
+            }
         }
+        let handler: Handler = Box::new(handler);
         let (tree, revision) = self.read(&dependencies).await?;
         let alive = Arc::new(());
-        let sink = TreeSink {
+        let mut sink = TreeSink {
             dependencies,
             handler: Mutex::new(handler),
             alive: Arc::downgrade(&alive),
         };
+        // Before the watch exists, so nothing can overtake it.
+        sink.replace(tree, revision, 0);
         self.register(Box::new(sink), revision + 1)?;
-        Ok((
-            tree,
-            revision,
-            TreeWatch {
-                _alive: alive,
-                _client: self.clone(),
-            },
-        ))
+        let watch = TreeWatch {
+            _alive: alive,
+            _client: self.clone(),
+        };
+        Ok((revision, watch))
     }
 }

@@ -24,24 +24,14 @@ pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
     let options = connect.options()?;
     let client = shylock::Client::connect(options).await?;
     let base = args.prefix.trim_end_matches('/').to_owned();
-    let view: Arc<RwLock<View>> = Arc::new(RwLock::new(View::default()));
+    let view: Arc<RwLock<View>> = Arc::new(RwLock::new(View::new(std::iter::empty())));
     let notifier: Arc<OnceLock<fuser::Notifier>> = Arc::default();
     let handler = invalidate::Handler::new(view.clone(), notifier.clone(), base.clone());
-    let (tree, revision, watch) = client
+    // The handler fills the view with the first read, then keeps it current.
+    let (revision, watch) = client
         .watch_tree(&base, move |event: TreeEvent<'_>| handler.handle(event))
         .await?;
-    let keys = tree.iter().filter_map(|(key, entry)| {
-        let relative = key.strip_prefix(&base)?.strip_prefix('/')?;
-        Some((
-            relative.to_owned(),
-            entry.value.to_vec(),
-            entry.mod_revision,
-        ))
-    });
-    *view
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = View::new(keys);
-    tracing::info!(keys = tree.len(), revision, prefix = %args.prefix, mountpoint = %args.mountpoint.display(), "mounting");
+    tracing::info!(revision, prefix = %args.prefix, mountpoint = %args.mountpoint.display(), "mounting");
 
     let owner = Owner {
         uid: args.uid.unwrap_or_else(|| unsafe { libc::getuid() }),

@@ -285,3 +285,79 @@ pub fn sh(dir: &Path, script: &str) -> String {
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// A confdir with templates, resources and helper scripts, in a temp dir.
+pub struct Confdir {
+    pub dir: tempfile::TempDir,
+}
+
+impl Confdir {
+    pub fn new() -> Confdir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("conf.d")).unwrap();
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        Confdir { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn template(&self, name: &str, text: &str) -> &Self {
+        std::fs::write(self.path("templates").join(name), text).unwrap();
+        self
+    }
+
+    pub fn resource(&self, name: &str, toml: &str) -> &Self {
+        std::fs::write(self.path("conf.d").join(format!("{name}.toml")), toml).unwrap();
+        self
+    }
+
+    /// A script that appends a line to `log` and exits with `code`.
+    pub fn script(&self, name: &str, body: &str) -> String {
+        let path = self.path(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        path.display().to_string()
+    }
+
+    pub fn lines(&self, name: &str) -> usize {
+        std::fs::read_to_string(self.path(name)).map_or(0, |t| t.lines().count())
+    }
+
+    pub fn render(&self, endpoint: &str, extra: &[&str]) -> std::process::Output {
+        shylock()
+            .args(["--endpoints", endpoint, "render", "--confdir"])
+            .arg(self.dir.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
+    pub fn spawn(&self, endpoint: &str, extra: &[&str]) -> Daemon {
+        Daemon(
+            shylock()
+                .args(["--endpoints", endpoint, "render", "--confdir"])
+                .arg(self.dir.path())
+                .args(extra)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(self.path("render.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+/// The log of a `spawn`ed render, for failure messages.
+pub fn log(c: &Confdir) -> String {
+    text(&c.path("render.log"))
+}
+
+pub fn stop(child: Daemon) {
+    assert!(child.stop().success());
+}
+
+pub fn text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}

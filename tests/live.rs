@@ -359,3 +359,46 @@ async fn a_panicking_callback_does_not_stop_updates() {
     put(&mut etcd, &format!("{p}/port"), "2").await;
     wait_config(&live, "update after the panic", |s| s.port == 2).await;
 }
+
+fn no_thirteen(n: &u32) -> Result<(), String> {
+    assert!(*n != 13, "a bug in a user's validator");
+    Ok(())
+}
+
+#[derive(EtcdConfig)]
+struct Fragile {
+    #[etcd(validate = no_thirteen)]
+    n: u32,
+}
+
+/// Regression: a panic while building a config ended the watch task that
+/// serves every config of the client.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_validator_rejects_the_update_and_the_watch_goes_on() {
+    let p = unique_prefix("live-fragile");
+    let other = unique_prefix("live-fragile-other");
+    let server = shared_server();
+    let mut etcd = etcd(&[server.endpoint()]).await;
+    put(&mut etcd, &format!("{p}/n"), "1").await;
+    put(&mut etcd, &format!("{other}/n"), "1").await;
+    let client = client(&[server.endpoint()]).await;
+    let live = client.config::<Fragile>(&p).await.unwrap();
+    let bystander = client.config::<Fragile>(&other).await.unwrap();
+    let mut events = live.events();
+
+    let r = put(&mut etcd, &format!("{p}/n"), "13").await;
+    let Event::Rejected(error) = next_event(&mut events).await else {
+        panic!("the panic is a rejection")
+    };
+    assert!(error.to_string().contains("panicked"), "{error}");
+    assert!(
+        error.to_string().contains("a bug in a user's validator"),
+        "{error}"
+    );
+    assert_eq!(applied(&live, r).await.n, 1, "the last good config serves");
+
+    put(&mut etcd, &format!("{p}/n"), "14").await;
+    wait_config(&live, "the next good value", |c| c.n == 14).await;
+    let r = put(&mut etcd, &format!("{other}/n"), "2").await;
+    assert_eq!(applied(&bystander, r).await.n, 2, "other configs go on");
+}

@@ -28,7 +28,10 @@ pub struct Snapshot<T> {
 }
 
 impl<T> Snapshot<T> {
-    /// The etcd revision whose values this snapshot holds.
+    /// An etcd revision whose values this snapshot holds: the newest
+    /// revision of the watch response it was built from. That response can
+    /// also carry later changes of keys the config does not read, so the
+    /// revision can be later than the write that changed the config.
     pub fn revision(&self) -> i64 {
         self.revision
     }
@@ -448,7 +451,25 @@ impl<T: EtcdConfig> LiveSink<T> {
             keys = coalesce(std::mem::take(&mut self.pending));
         }
         let changed: Vec<String> = keys.iter().map(|k| k.key.clone()).collect();
-        let (next, patched) = self.next_value(tree, revision, &changed);
+        // A panicking validator (or FromValue) rejects the update; it must
+        // not end the watch task that serves every config of the client.
+        let build = std::panic::AssertUnwindSafe(|| self.next_value(tree, revision, &changed));
+        let (next, patched) = std::panic::catch_unwind(build).unwrap_or_else(|panic| {
+            // A message could quote a secret value: kept out if any key is.
+            let secret = self.shared.dependencies.iter().any(|d| d.secret);
+            let reason = match secret {
+                false => format!("building the config panicked: {}", panic_text(&*panic)),
+                true => {
+                    "building the config panicked (message withheld: the config has secret keys)"
+                        .to_owned()
+                }
+            };
+            let problem = crate::error::Problem {
+                key: self.shared.prefix.clone(),
+                kind: crate::error::ProblemKind::Rejected { reason },
+            };
+            (Err(crate::ConfigError::new(revision, vec![problem])), false)
+        });
         let shared = &*self.shared;
         let now = SystemTime::now();
         let event = match next {
@@ -649,6 +670,15 @@ fn coalesce(changes: Vec<KeyChange>) -> Vec<KeyChange> {
     }
     out.retain(|c| c.old != c.new || c.old.as_deref() == Some(crate::event::REDACTED));
     out
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// Raises a revision watermark; reports whether it moved.

@@ -98,7 +98,7 @@ async fn defaults_serve_until_etcd_answers() {
 async fn last_known_good_snapshot_starts_a_config_without_etcd() {
     init_logs();
     let dir = tempfile_dir();
-    let path = dir.join("conf.snapshot");
+    let path = dir.path().join("conf.snapshot");
     let server = EtcdServer::start();
     let mut etcd = etcd(&[server.endpoint()]).await;
     put(&mut etcd, "/l/level", "3").await;
@@ -166,7 +166,8 @@ async fn last_known_good_snapshot_starts_a_config_without_etcd() {
 async fn last_known_good_without_a_usable_file_names_both_causes() {
     let server = stopped_server();
     let client = quick_client(&server).await;
-    let path = tempfile_dir().join("missing.snapshot");
+    let dir = tempfile_dir();
+    let path = dir.path().join("missing.snapshot");
     let error = client
         .config_with::<Conf>("/m", with(Startup::LastKnownGood(path.clone())))
         .await
@@ -177,14 +178,12 @@ async fn last_known_good_without_a_usable_file_names_both_causes() {
     assert!(error.contains(&path.display().to_string()), "{error}");
 }
 
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "shylock-startup-{}",
-        unique_prefix("d").trim_start_matches('/')
-    ));
-    let dir = dir.with_extension(std::process::id().to_string());
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A temporary directory, removed when the test ends.
+fn tempfile_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("shylock-startup-")
+        .tempdir()
+        .unwrap()
 }
 
 #[derive(EtcdConfig)]

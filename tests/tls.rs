@@ -18,14 +18,17 @@ struct App {
 }
 
 struct Pki {
-    dir: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl Pki {
     /// A CA, a server certificate for 127.0.0.1 and a client certificate.
     fn new() -> Pki {
-        let dir = std::env::temp_dir().join(format!("shylock-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let temp = tempfile::Builder::new()
+            .prefix("shylock-tls-")
+            .tempdir()
+            .unwrap();
+        let dir = temp.path();
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -50,11 +53,11 @@ impl Pki {
             std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
             std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
         }
-        Pki { dir }
+        Pki { dir: temp }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        self.dir.path().join(name)
     }
 
     fn server(&self) -> EtcdServer {

@@ -25,6 +25,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "shylock=info,warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour for a person at a terminal; plain text for files and journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -131,6 +131,11 @@ async fn template_mistakes_are_clear_errors() {
         "{stderr}"
     );
     assert!(!c.path("outside.out").exists());
+    // Regression: logs to a pipe or file carried terminal colour codes.
+    assert!(
+        !stderr.contains('\x1b'),
+        "plain text when not a terminal: {stderr:?}"
+    );
 
     let c = Confdir::new();
     c.template(

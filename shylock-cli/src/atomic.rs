@@ -1,31 +1,59 @@
 //! Writing a file so that readers see the old content or the new, never a
 //! mix: stage in the destination's directory, fsync, optionally check the
 //! staged file, rename over the destination, fsync the directory. Nothing
-//! is written when content, mode and owner are already right.
+//! is written when content, mode and owner are already right. Staged files
+//! are safe in a directory other users can write, and a killed writer's
+//! are removed by the next (`shylock::__private::staged`).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use shylock::__private::staged;
 
 use crate::exit::{msg, Error};
 
+/// Mode of a new destination when nothing else says otherwise.
+pub const DEFAULT_MODE: u32 = 0o644;
+
 /// A destination file and what it should look like besides its content.
+/// `None` keeps what the existing file has (a new file gets
+/// [`DEFAULT_MODE`] and the writer's own user and group).
 #[derive(Clone, Debug)]
 pub struct Target {
     pub path: PathBuf,
-    pub mode: u32,
+    pub mode: Option<u32>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+}
+
+/// Mode and owner a write gives the destination.
+struct Wanted {
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
 }
 
 impl Target {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Target {
             path: path.into(),
-            mode: 0o644,
+            mode: None,
             uid: None,
             gid: None,
+        }
+    }
+
+    /// What the destination should get, from this target and the file now.
+    fn wanted(&self, current: Option<&fs::Metadata>) -> Wanted {
+        Wanted {
+            mode: self
+                .mode
+                .or(current.map(|m| m.mode() & 0o7777))
+                .unwrap_or(DEFAULT_MODE),
+            uid: self.uid.or(current.map(MetadataExt::uid)),
+            gid: self.gid.or(current.map(MetadataExt::gid)),
         }
     }
 
@@ -34,48 +62,39 @@ impl Target {
         let Ok(meta) = fs::metadata(&self.path) else {
             return false;
         };
-        meta.mode() & 0o7777 == self.mode
-            && self.uid.is_none_or_eq(meta.uid())
-            && self.gid.is_none_or_eq(meta.gid())
+        let wanted = self.wanted(Some(&meta));
+        meta.mode() & 0o7777 == wanted.mode
+            && wanted.uid.is_none_or_eq(meta.uid())
+            && wanted.gid.is_none_or_eq(meta.gid())
             && meta.len() == content.len() as u64
             && fs::read(&self.path).is_ok_and(|current| current == content)
     }
 
-    /// Writes the content to a staged file next to the destination.
+    /// The mode the destination ends up with (for `--noop`'s report).
+    pub fn mode_to_write(&self) -> u32 {
+        self.wanted(fs::metadata(&self.path).ok().as_ref()).mode
+    }
+
+    /// Writes the content to a staged file next to the destination, with
+    /// the destination's mode and owner set through its descriptor.
     pub fn stage(&self, content: &[u8]) -> Result<Staged, Error> {
-        let dir = parent(&self.path);
-        let name = self
-            .path
-            .file_name()
-            .ok_or_else(|| msg(format!("{} is not a file path", self.path.display())))?;
-        let staged = dir.join(format!(
-            ".{}.shylock-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let written = (|| -> std::io::Result<()> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&staged)?;
-            file.write_all(content)?;
-            fs::set_permissions(&staged, fs::Permissions::from_mode(self.mode))?;
-            if self.uid.is_some() || self.gid.is_some() {
-                std::os::unix::fs::chown(&staged, self.uid, self.gid)?;
-            }
-            file.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&staged);
-            return Err(msg(format!("cannot write {}: {e}", staged.display())));
+        let wanted = self.wanted(fs::metadata(&self.path).ok().as_ref());
+        let fail = |e: std::io::Error| {
+            msg(format!(
+                "cannot write a staged copy of {}: {e}",
+                self.path.display()
+            ))
+        };
+        let mut staged = staged::stage(&self.path).map_err(fail)?;
+        let file = staged.file();
+        file.write_all(content).map_err(fail)?;
+        if wanted.uid.is_some() || wanted.gid.is_some() {
+            std::os::unix::fs::fchown(&*file, wanted.uid, wanted.gid).map_err(fail)?;
         }
-        Ok(Staged {
-            staged,
-            target: self.path.clone(),
-            done: false,
-        })
+        file.set_permissions(fs::Permissions::from_mode(wanted.mode))
+            .map_err(fail)?;
+        file.sync_all().map_err(fail)?;
+        Ok(Staged(staged))
     }
 
     /// Stages and installs in one go; returns whether anything changed.
@@ -89,43 +108,26 @@ impl Target {
 }
 
 /// A staged file; removed on drop unless installed.
-pub struct Staged {
-    staged: PathBuf,
-    target: PathBuf,
-    done: bool,
-}
+pub struct Staged(staged::Staged);
 
 impl Staged {
     /// The staged file's path (for a check command).
     pub fn path(&self) -> &Path {
-        &self.staged
+        self.0.path()
     }
 
-    /// Renames the staged file over the destination and fsyncs the directory.
-    pub fn install(mut self) -> Result<(), Error> {
-        fs::rename(&self.staged, &self.target)
-            .map_err(|e| msg(format!("cannot replace {}: {e}", self.target.display())))?;
-        self.done = true;
-        sync_dir(parent(&self.target))
+    /// Renames the staged file over the destination and fsyncs the
+    /// directory, if its name still is the file this process wrote.
+    pub fn install(self) -> Result<(), Error> {
+        let target = self.0.target().display().to_string();
+        self.0
+            .install()
+            .map_err(|e| msg(format!("{target} not replaced: {e}")))
     }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = fs::remove_file(&self.staged);
-        }
-    }
-}
-
-pub fn parent(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
 }
 
 pub fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)
+    fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| msg(format!("cannot fsync directory {}: {e}", dir.display())))
 }
@@ -148,7 +150,7 @@ mod tests {
     fn writes_only_when_something_differs() {
         let dir = tempfile::tempdir().unwrap();
         let target = Target {
-            mode: 0o640,
+            mode: Some(0o640),
             ..Target::new(dir.path().join("f"))
         };
         assert!(target.write(b"one").unwrap());
@@ -158,7 +160,7 @@ mod tests {
         );
         assert_eq!(fs::metadata(&target.path).unwrap().mode() & 0o7777, 0o640);
         let chmod = Target {
-            mode: 0o600,
+            mode: Some(0o600),
             ..target.clone()
         };
         assert!(

@@ -38,9 +38,10 @@ pub struct ExportArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub exec_timeout: Duration,
 
-    /// Mode of the written file, in octal.
-    #[arg(long, default_value = "0644", value_parser = parse_mode)]
-    pub mode: u32,
+    /// Mode of the written file, in octal [default: an existing file's own
+    /// mode, 0644 for a new file].
+    #[arg(long, value_parser = parse_mode)]
+    pub mode: Option<u32>,
 }
 
 /// The file's content for the keys as they are now.

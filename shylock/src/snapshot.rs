@@ -1,8 +1,7 @@
 //! The last-known-good snapshot file: the keys of a config at one revision,
 //! written atomically with mode 0600, read at startup when etcd is not there.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
@@ -99,37 +98,10 @@ pub(crate) fn write(
         keys.insert(key.to_owned(), item);
     }
     let doc = json!({ "format": FORMAT, "prefix": prefix, "revision": revision, "keys": keys });
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| error(path, "not a file path"))?;
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let staged = dir.join(format!(
-        ".{}.{}.{unique}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&staged)
-        .map_err(|e| error(&staged, e))?;
-    let written = serde_json::to_writer(&mut file, &doc)
-        .map_err(|e| error(&staged, e))
-        .and_then(|()| file.sync_all().map_err(|e| error(&staged, e)));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&staged);
-        return Err(e);
-    }
-    fs::rename(&staged, path).map_err(|e| error(path, e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| error(dir, e))?;
+    let mut staged = crate::__private::staged::stage(path).map_err(|e| error(path, e))?;
+    let copy = staged.path().to_owned();
+    serde_json::to_writer(&mut *staged.file(), &doc).map_err(|e| error(&copy, e))?;
+    staged.file().sync_all().map_err(|e| error(&copy, e))?;
+    staged.install().map_err(|e| error(path, e))?;
     Ok(())
 }

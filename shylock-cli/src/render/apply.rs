@@ -63,12 +63,9 @@ fn print_diff(resource: &Resource, content: &str) {
     );
     if let Ok(meta) = std::fs::metadata(path) {
         let target = &resource.target;
-        if meta.mode() & 0o7777 != target.mode {
-            println!(
-                "mode of {name}: {:o} -> {:o}",
-                meta.mode() & 0o7777,
-                target.mode
-            );
+        let mode = target.mode_to_write();
+        if meta.mode() & 0o7777 != mode {
+            println!("mode of {name}: {:o} -> {mode:o}", meta.mode() & 0o7777);
         }
         if target.uid.is_some_and(|u| u != meta.uid())
             || target.gid.is_some_and(|g| g != meta.gid())

@@ -134,10 +134,13 @@ fn parse(confdir: &Path, file: &Path, global_prefix: &str) -> Result<Resource, E
     let fields = toml::from_str::<ResourceFile>(&text)
         .map_err(|e| err(e.message().to_owned()))?
         .template;
-    let mode = match &fields.mode {
-        Some(mode) => parse_mode(mode).map_err(err)?,
-        None => 0o644,
-    };
+    // Without `mode`, an existing file keeps its own (as confd does).
+    let mode = fields
+        .mode
+        .as_deref()
+        .map(parse_mode)
+        .transpose()
+        .map_err(err)?;
     let uid = match (&fields.owner, fields.uid) {
         (Some(owner), _) => Some(user_id(owner).map_err(err)?),
         (None, uid) => uid,
@@ -247,7 +250,7 @@ reload_cmd = "/usr/sbin/service nginx reload"
         let r = &load(dir.path(), "").unwrap()[0];
         assert_eq!(
             (r.target.mode, r.target.uid, r.target.gid),
-            (0o600, Some(0), Some(0))
+            (Some(0o600), Some(0), Some(0))
         );
         assert_eq!(
             r.watched(),

@@ -206,6 +206,12 @@ impl Daemon {
         signal(&self.0, libc::SIGTERM);
         wait_exit(&mut self.0)
     }
+
+    /// SIGKILL, as a crash or the OOM killer would; waits for the exit.
+    pub fn kill(mut self) {
+        signal(&self.0, libc::SIGKILL);
+        wait_exit(&mut self.0);
+    }
 }
 
 impl Drop for Daemon {

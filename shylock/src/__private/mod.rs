@@ -1,5 +1,6 @@
-//! Support for the code `#[derive(EtcdConfig)]` generates. Not a public API:
-//! it may change in any release.
+//! Support for the code `#[derive(EtcdConfig)]` generates, and parts the
+//! `shylock` CLI shares with the library. Not a public API: it may change
+//! in any release.
 
 use std::fmt::{self, Display};
 use std::marker::PhantomData;
@@ -11,6 +12,7 @@ use crate::error::{Problem, ProblemKind};
 use crate::tree::Tree;
 
 mod patch;
+pub mod staged;
 
 pub use patch::{Changed, MapSlot};
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what shylock's build, tests and demo need, when it is missing:
 # etcd (server and etcdctl), protoc and its .proto includes (etcd-client's
-# build), fuse3, and nginx
-# (the file writer's tests render and reload a real one).
+# build), fuse3, nginx (the file writer's tests render and reload a real
+# one), and python3 (scripts/fetch-etcd.py fetches etcd 3.5).
 # Installs nothing when everything is present.
 set -euo pipefail
 
@@ -16,6 +16,7 @@ have protoc || missing+=(protobuf-compiler)
 [ -e /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 have fusermount3 || missing+=(fuse3)
 have nginx || missing+=(nginx-light)
+have python3 || missing+=(python3)
 
 if ! have cargo; then
   echo "error: cargo is not installed; install Rust from https://rustup.rs first" >&2

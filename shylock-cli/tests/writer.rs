@@ -55,6 +55,19 @@ async fn export_writes_a_key_raw_and_a_prefix_in_every_format() {
         yml,
         "one key, byte for byte"
     );
+    // Regression: a one-shot export's watch task panicked at exit
+    // ("a watch to serve") in about one run of ten.
+    for _ in 0..20 {
+        let out = run(
+            &ep,
+            &["export", &format!("{p}/cfg/name"), "--dest", &dest("name")],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
 
     let prefix = format!("{p}/cfg");
     ok(&ep, &["export", &prefix, "--dest", &dest("c.json")]);

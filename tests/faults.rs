@@ -23,18 +23,6 @@ async fn through(proxy: &Proxy, stall: Duration) -> shylock::Client {
         .expect("connect through the proxy")
 }
 
-async fn wait_status(
-    live: &shylock::Live<Conf>,
-    what: &str,
-    check: impl Fn(&shylock::Status) -> bool,
-) {
-    wait_for(what, || {
-        let ok = check(&live.status());
-        async move { ok.then_some(()) }
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn compaction_while_cut_off_resyncs_everything() {
     init_logs();

@@ -109,13 +109,12 @@ async fn the_proxy_keeps_a_quiet_stream_alive_and_a_stall_is_still_found() {
 
     relay.freeze();
     put(&mut etcd, "/q/x", "3").await;
-    wait_for("the stall to be reported", || {
-        let status = live.status();
-        let stalled = status
+    wait_status(&live, "the stall to be reported", |s| {
+        let stalled = s
             .connection_error
             .as_deref()
             .is_some_and(|e| e.contains("stalled"));
-        async move { (stalled && !status.is_current()).then_some(()) }
+        stalled && !s.is_current()
     })
     .await;
     assert_eq!(live.load().x, 2, "the last good config serves meanwhile");
@@ -136,9 +135,8 @@ async fn compaction_behind_the_proxy_resyncs() {
     let live = client.config::<Pair>("/cp").await.unwrap();
 
     relay.cut();
-    wait_for("the cut to be noticed", || {
-        let cut = live.status().connection_error.is_some();
-        async move { cut.then_some(()) }
+    wait_status(&live, "the cut to be noticed", |s| {
+        s.connection_error.is_some()
     })
     .await;
     put(&mut etcd, "/cp/x", "2").await;

@@ -181,11 +181,8 @@ async fn a_config_created_after_the_token_expired_follows_etcd() {
     assert_eq!(applied(&second, r).await.port, 2);
     let r = put(&mut root, "/app/port", "3").await;
     assert_eq!(applied(&first, r).await.port, 3);
-    wait_for("both configs healthy", || {
-        let ok = first.status().is_current() && second.status().is_current();
-        async move { ok.then_some(()) }
-    })
-    .await;
+    wait_status(&first, "the first config healthy", |s| s.is_current()).await;
+    wait_status(&second, "the second config healthy", |s| s.is_current()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -201,9 +198,8 @@ async fn a_watch_recreated_after_the_token_expired_follows_etcd() {
 
     // A network blip: the new stream carries the expired token.
     relay.cut();
-    wait_for("the cut to be noticed", || {
-        let cut = live.status().connection_error.is_some();
-        async move { cut.then_some(()) }
+    wait_status(&live, "the cut to be noticed", |s| {
+        s.connection_error.is_some()
     })
     .await;
     let r = put(&mut root, "/app/port", "4").await;
@@ -211,11 +207,7 @@ async fn a_watch_recreated_after_the_token_expired_follows_etcd() {
     assert_eq!(applied(&live, r).await.port, 4);
     let r = put(&mut root, "/app/port", "5").await;
     assert_eq!(applied(&live, r).await.port, 5);
-    wait_for("the config healthy again", || {
-        let ok = live.status().is_current();
-        async move { ok.then_some(()) }
-    })
-    .await;
+    wait_status(&live, "the config healthy again", |s| s.is_current()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

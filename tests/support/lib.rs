@@ -102,6 +102,19 @@ pub async fn wait_config<T>(live: &shylock::Live<T>, what: &str, check: impl Fn(
     .await
 }
 
+/// Waits until the config's status satisfies `check`.
+pub async fn wait_status<T>(
+    live: &shylock::Live<T>,
+    what: &str,
+    check: impl Fn(&shylock::Status) -> bool,
+) {
+    wait_for(what, || {
+        let ok = check(&live.status());
+        async move { ok.then_some(()) }
+    })
+    .await
+}
+
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()

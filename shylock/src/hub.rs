@@ -343,7 +343,8 @@ impl Hub {
             progress_asked: false,
         };
         let members = self.members().await;
-        let period = self.stall_timeout / 3;
+        // A zero period would make the interval panic.
+        let period = (self.stall_timeout / 3).max(Duration::from_millis(1));
         let mut tick = tokio::time::interval_at(Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_message = Instant::now();

@@ -76,6 +76,17 @@ pub struct MountArgs {
     /// What a write does when the key changed since the file was opened.
     #[arg(long, value_enum, default_value_t = Conflicts::Cas)]
     pub conflicts: Conflicts,
+
+    /// Permission bits removed from every file (0644, or 0444 read-only) and
+    /// directory (0755 / 0555), in octal: 027 with --gid and --allow-other
+    /// lets one group read the values and nobody else.
+    #[arg(long, default_value = "022", value_parser = crate::command::parse_mode)]
+    pub umask: u32,
+
+    /// etcd's --max-request-bytes: a write whose value could not fit in one
+    /// request is refused at once with EFBIG.
+    #[arg(long, default_value_t = 1_572_864)]
+    pub max_request_bytes: usize,
 }
 
 impl Cli {

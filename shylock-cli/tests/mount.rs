@@ -189,10 +189,10 @@ async fn writes_store_the_whole_file_with_one_put() {
     );
 
     sh(&mount.path, "touch empty-file && truncate -s 2 existing");
-    assert_eq!(
-        get(&mut etcd, &format!("{p}/empty-file")).await.unwrap().0,
-        b""
-    );
+    // A file created and closed unwritten is stored when its last
+    // descriptor is released, which the kernel sends after close returns.
+    let stored = wait_for_key(&mut etcd, &format!("{p}/empty-file")).await;
+    assert_eq!(stored.0, b"");
     assert_eq!(
         get(&mut etcd, &format!("{p}/existing")).await.unwrap().0,
         b"sh"

@@ -1,6 +1,12 @@
 //! The FUSE filesystem over the view. Every handler ends in exactly one
 //! reply; helpers return `Result<_, Errno>`. Reads are served from memory;
 //! writes go to etcd when a file is flushed or closed.
+//!
+//! Each writer has a buffer of its own, filled from the version it opened
+//! (empty with `O_TRUNC`, which the kernel hands to open instead of
+//! truncating the file for everyone), and committed whole in one put,
+//! compare-and-swap against that version unless `--conflicts lww`. A handler
+//! never holds the table of open files across an etcd call.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -15,6 +21,7 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
+use super::invalidate::Invalidations;
 use super::view::{Node, Owner, View};
 use crate::cli::Conflicts;
 use crate::names;
@@ -26,28 +33,86 @@ const TTL: Duration = Duration::from_secs(3600);
 const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct EtcdFs {
-    pub view: Arc<RwLock<View>>,
-    pub etcd: etcd_client::Client,
-    pub runtime: tokio::runtime::Handle,
+    view: Arc<RwLock<View>>,
+    etcd: etcd_client::Client,
+    runtime: tokio::runtime::Handle,
     /// The mounted prefix without its trailing `/`: a key is `base/relative`.
+    base: String,
+    owner: Owner,
+    conflicts: Conflicts,
+    /// The largest value a write may make (etcd refuses larger requests).
+    max_value: usize,
+    invalidations: Invalidations,
+    files: Mutex<HashMap<u64, Arc<Handle>>>,
+    dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
+    next_fh: AtomicU64,
+}
+
+/// What a mount was asked for.
+pub struct Settings {
+    /// The mounted prefix without its trailing `/`.
     pub base: String,
     pub owner: Owner,
     pub conflicts: Conflicts,
-    files: Mutex<HashMap<u64, OpenFile>>,
-    dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
-    next_fh: AtomicU64,
+    /// The largest value a write may make.
+    pub max_value: usize,
 }
 
 /// One entry of an open directory: inode, kind and name.
 type DirEntry = (u64, FileType, std::ffi::OsString);
 
-/// A file opened for writing: its whole content, written back on flush.
+/// A file opened for writing. What `stat` needs is readable without
+/// waiting for the file, which is locked while it is committed.
+struct Handle {
+    /// The inode written: the version the data started from.
+    ino: AtomicU64,
+    /// The size of the data while it differs from the inode's version.
+    dirty_size: AtomicU64,
+    file: Mutex<OpenFile>,
+}
+
+/// Not dirty: the inode's own size holds.
+const CLEAN: u64 = u64::MAX;
+
+impl Handle {
+    fn new(file: OpenFile, ino: u64) -> Self {
+        let dirty_size = if file.dirty {
+            file.data.len() as u64
+        } else {
+            CLEAN
+        };
+        Handle {
+            ino: AtomicU64::new(ino),
+            dirty_size: AtomicU64::new(dirty_size),
+            file: Mutex::new(file),
+        }
+    }
+
+    /// Records the file's state after a change (its lock is held).
+    fn changed(&self, file: &OpenFile) {
+        let size = if file.dirty {
+            file.data.len() as u64
+        } else {
+            CLEAN
+        };
+        self.dirty_size.store(size, Ordering::Release);
+    }
+}
+
+/// A writer's whole content, written back on flush.
 struct OpenFile {
+    /// A write this file refused (too large): its content is not what the
+    /// program meant, so it is never committed.
+    failed: Option<Errno>,
     key: String,
     data: Vec<u8>,
-    /// The key's revision when opened (0: it did not exist), for compare-and-swap.
+    /// The key's revision the data started from (0: it did not exist), for
+    /// compare-and-swap.
     base: i64,
     dirty: bool,
+    /// Whether the program wrote (or ftruncated) since the last commit, as
+    /// opposed to only opening with O_TRUNC.
+    written: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -59,17 +124,18 @@ impl EtcdFs {
         view: Arc<RwLock<View>>,
         etcd: etcd_client::Client,
         runtime: tokio::runtime::Handle,
-        base: String,
-        owner: Owner,
-        conflicts: Conflicts,
+        settings: Settings,
+        invalidations: Invalidations,
     ) -> Self {
         EtcdFs {
             view,
             etcd,
             runtime,
-            base,
-            owner,
-            conflicts,
+            base: settings.base,
+            owner: settings.owner,
+            conflicts: settings.conflicts,
+            max_value: settings.max_value,
+            invalidations,
             files: Mutex::default(),
             dirs: Mutex::default(),
             next_fh: AtomicU64::new(1),
@@ -96,16 +162,14 @@ impl EtcdFs {
         }
     }
 
+    /// A writer's handle, without holding the table.
+    fn handle(&self, fh: u64) -> Option<Arc<Handle>> {
+        lock(&self.files).get(&fh).cloned()
+    }
+
+    /// The node an inode stands for, if it exists (an old version too).
     fn node(&self, ino: INodeNo) -> Result<Node, Errno> {
-        let view = self.read_view();
-        let node = view.node(ino.0).ok_or(Errno::ENOENT)?;
-        if view.exists(node)
-            || matches!(node, Node::File(k) if lock(&self.files).values().any(|f| &f.key == k))
-        {
-            Ok(node.clone())
-        } else {
-            Err(Errno::ENOENT)
-        }
+        self.read_view().live(ino.0).cloned().ok_or(Errno::ENOENT)
     }
 
     fn dir(&self, ino: INodeNo) -> Result<String, Errno> {
@@ -115,18 +179,36 @@ impl EtcdFs {
         }
     }
 
-    fn attr(&self, node: &Node) -> FileAttr {
-        let mut attr = self.write_view().attr(node, self.owner);
-        // A file being written shows the size it will have.
-        if let Node::File(key) = node {
-            if let Some(open) = lock(&self.files)
+    /// The attributes of inode `ino`, standing for `node`.
+    fn attr_of(&self, ino: u64, node: &Node) -> FileAttr {
+        let mut attr = self.read_view().attr_of(ino, node, self.owner);
+        // An inode being written shows the size its writer's data has.
+        if let Node::File(_) = node {
+            let files = lock(&self.files);
+            let writing = files
                 .values()
-                .find(|f| &f.key == key && f.dirty)
+                .filter(|h| h.ino.load(Ordering::Acquire) == ino);
+            if let Some(size) = writing
+                .map(|h| h.dirty_size.load(Ordering::Acquire))
+                .find(|&s| s != CLEAN)
             {
-                attr.size = open.data.len() as u64;
+                attr.size = size;
+                attr.blocks = size.div_ceil(512);
             }
         }
         attr
+    }
+
+    /// The attributes of a node's current inode, for an entry reply: the
+    /// kernel takes a reference to it.
+    fn entry(&self, node: &Node) -> FileAttr {
+        let ino = {
+            let mut view = self.write_view();
+            let ino = view.ino(node);
+            view.referenced(ino);
+            ino
+        };
+        self.attr_of(ino, node)
     }
 
     /// Runs one etcd request from a handler thread, with a timeout.
@@ -157,9 +239,11 @@ impl EtcdFs {
         }
     }
 
-    /// Writes a file's content to its key (compare-and-swap against the
-    /// revision it was opened at, or last writer wins).
-    fn commit(&self, file: &mut OpenFile) -> Result<(), Errno> {
+    /// Writes a file's content to its key in one put (compare-and-swap
+    /// against the revision it started from, or last writer wins), as the
+    /// version of inode `ino`. Only this file's lock is held meanwhile.
+    /// Returns the inode the value ended up with.
+    fn commit(&self, fh: Option<u64>, ino: u64, file: &mut OpenFile) -> Result<u64, Errno> {
         let key = self.abs(&file.key);
         let put = TxnOp::put(key.clone(), file.data.clone(), None);
         let txn = match self.conflicts {
@@ -173,40 +257,90 @@ impl EtcdFs {
             Conflicts::Lww => Txn::new().and_then([put]),
         };
         let mut kv = self.etcd.kv_client();
-        let response = self.etcd(&key, kv.txn(txn))?;
-        if !response.succeeded() {
-            tracing::warn!(
-                key,
-                "write refused: the key changed since the file was opened"
-            );
-            return Err(Errno::ESTALE);
-        }
-        let revision = response.header().map_or(0, |h| h.revision());
-        self.write_view()
-            .set(&file.key, Some((file.data.clone(), revision)));
+        let result = self.etcd(&key, kv.txn(txn)).and_then(|response| {
+            if response.succeeded() {
+                Ok(response.header().map_or(0, |h| h.revision()))
+            } else {
+                tracing::warn!(
+                    key,
+                    "write refused: the key changed since the file was opened"
+                );
+                Err(Errno::ESTALE)
+            }
+        });
+        let revision = match result {
+            Ok(revision) => revision,
+            Err(errno) => {
+                // The kernel's pages of the inode may hold what was written:
+                // they must not outlive the failed write.
+                self.invalidations.inode(ino);
+                return Err(errno);
+            }
+        };
+        // Another writer of the same inode wrote into the same pages: the
+        // value gets an inode of its own, and those pages are dropped.
+        let shared = lock(&self.files)
+            .iter()
+            .any(|(&h, other)| Some(h) != fh && other.ino.load(Ordering::Acquire) == ino);
+        let mut view = self.write_view();
+        let ino = if shared {
+            view.set(&file.key, Some((file.data.clone(), revision)));
+            let new = view.ino(&Node::File(file.key.clone()));
+            drop(view);
+            self.invalidations.inode(ino);
+            new
+        } else {
+            view.adopt(&file.key, file.data.clone(), revision, ino);
+            ino
+        };
         file.base = revision;
         file.dirty = false;
-        Ok(())
+        file.written = false;
+        Ok(ino)
     }
 
-    fn flush_handle(&self, fh: FileHandle) -> Result<(), Errno> {
-        let mut files = lock(&self.files);
-        match files.get_mut(&fh.0) {
-            Some(file) if file.dirty => self.commit(file),
-            _ => Ok(()),
+    /// Commits a writer's file if it changed. A close that is not the last
+    /// (`echo v > f`: the shell closes the descriptor it dup2'ed to stdout
+    /// before anything is written) commits only what was written; an open
+    /// that only truncated is committed by the last one (`last`).
+    fn flush_handle(&self, fh: FileHandle, last: bool) -> Result<(), Errno> {
+        let Some(handle) = self.handle(fh.0) else {
+            return Ok(());
+        };
+        let mut file = lock(&handle.file);
+        if let Some(errno) = file.failed {
+            return Err(errno);
         }
+        if !file.dirty || !(file.written || last) {
+            return Ok(());
+        }
+        let ino = handle.ino.load(Ordering::Acquire);
+        let result = self.commit(Some(fh.0), ino, &mut file);
+        if let Ok(ino) = result {
+            handle.ino.store(ino, Ordering::Release);
+        }
+        handle.changed(&file);
+        result.map(drop)
     }
 
-    fn new_handle(&self, file: OpenFile) -> u64 {
+    fn new_handle(&self, file: OpenFile, ino: u64) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.files).insert(fh, file);
+        lock(&self.files).insert(fh, Arc::new(Handle::new(file, ino)));
         fh
+    }
+
+    /// A size a write may give a file: etcd refuses requests over its limit.
+    fn check_size(&self, size: u64) -> Result<usize, Errno> {
+        usize::try_from(size)
+            .ok()
+            .filter(|&s| s <= self.max_value)
+            .ok_or(Errno::EFBIG)
     }
 
     fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, Errno> {
         let prefix = self.dir(parent)?;
         let node = self.read_view().lookup(&prefix, name)?;
-        Ok(self.attr(&node))
+        Ok(self.entry(&node))
     }
 
     fn do_open(&self, ino: INodeNo, flags: OpenFlags) -> Result<(u64, FopenFlags), Errno> {
@@ -214,23 +348,29 @@ impl EtcdFs {
             return Err(Errno::EISDIR);
         };
         if flags.acc_mode() == OpenAccMode::O_RDONLY {
-            // Readers are served from memory and the kernel's page cache,
-            // which the watch invalidates on every change; their close has
+            // Readers are served from memory and the kernel's page cache of
+            // this inode, whose content never changes; their close has
             // nothing to commit, so the kernel need not send a flush.
             return Ok((0, FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH));
         }
         self.writable()?;
         let (data, base) = self
             .read_view()
-            .value(&key)
+            .version(ino.0)
             .map_or((Vec::new(), 0), |v| (v.bytes.to_vec(), v.revision));
-        let fh = self.new_handle(OpenFile {
+        // O_TRUNC comes with the open (atomic_o_trunc): only this writer's
+        // buffer starts empty, and the truncation is committed with what
+        // follows, as one put.
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        let file = OpenFile {
+            failed: None,
             key,
-            data,
+            data: if truncate { Vec::new() } else { data },
             base,
-            dirty: false,
-        });
-        Ok((fh, FopenFlags::empty()))
+            dirty: truncate,
+            written: false,
+        };
+        Ok((self.new_handle(file, ino.0), FopenFlags::FOPEN_KEEP_CACHE))
     }
 
     fn do_create(
@@ -251,19 +391,28 @@ impl EtcdFs {
         if existing.is_some() && flags & libc::O_EXCL != 0 {
             return Err(Errno::EEXIST);
         }
-        let dirty = existing.is_none();
-        if dirty {
+        let created = existing.is_none();
+        if created {
             view.add_new_file(key.clone());
         }
+        let node = Node::File(key.clone());
+        let ino = view.ino(&node);
         drop(view);
-        let (data, base) = existing.unwrap_or_default();
-        let fh = self.new_handle(OpenFile {
-            key: key.clone(),
+        let (mut data, base) = existing.unwrap_or_default();
+        let truncate = flags & libc::O_TRUNC != 0;
+        if truncate {
+            data.clear();
+        }
+        let file = OpenFile {
+            failed: None,
+            key,
             data,
             base,
-            dirty,
-        });
-        Ok((self.attr(&Node::File(key)), fh))
+            dirty: created || truncate,
+            written: false,
+        };
+        let fh = self.new_handle(file, ino);
+        Ok((self.entry(&node), fh))
     }
 
     fn do_setattr(
@@ -271,45 +420,57 @@ impl EtcdFs {
         ino: INodeNo,
         size: Option<u64>,
         fh: Option<FileHandle>,
-        other: bool,
+        owner: (Option<u32>, Option<u32>, Option<u32>),
     ) -> Result<FileAttr, Errno> {
         let node = self.node(ino)?;
-        if other || size.is_some() {
-            self.writable()?;
+        let current = self.attr_of(ino.0, &node);
+        let (mode, uid, gid) = owner;
+        // Modes and owners are the mount's (--uid, --gid, --umask): a change
+        // is refused, not pretended; setting what is already there is fine.
+        let same_mode = mode.map_or(true, |m| m & 0o7777 == u32::from(current.perm));
+        if !same_mode
+            || uid.is_some_and(|u| u != current.uid)
+            || gid.is_some_and(|g| g != current.gid)
+        {
+            return Err(if self.owner.read_only {
+                Errno::EROFS
+            } else {
+                Errno::EPERM
+            });
         }
-        if let (Some(size), Node::File(key)) = (size, &node) {
-            let size = usize::try_from(size).map_err(|_| Errno::EFBIG)?;
-            // The kernel truncates for O_TRUNC without naming the handle:
-            // apply it to every open writer of the key.
-            let truncated = {
-                let mut files = lock(&self.files);
-                let mut any = false;
-                for (&handle, file) in files.iter_mut() {
-                    if &file.key == key && fh.is_none_or_eq(handle) {
-                        file.data.resize(size, 0);
-                        file.dirty = true;
-                        any = true;
-                    }
-                }
-                any
-            };
-            if !truncated {
+        let (Some(size), Node::File(key)) = (size, &node) else {
+            return Ok(current);
+        };
+        self.writable()?;
+        let size = self.check_size(size)?;
+        match fh.and_then(|fh| self.handle(fh.0).map(|h| (fh.0, h))) {
+            Some((_, handle)) => {
+                // ftruncate: this writer's buffer only.
+                let mut file = lock(&handle.file);
+                file.data.resize(size, 0);
+                file.dirty = true;
+                file.written = true;
+                handle.changed(&file);
+            }
+            None => {
                 // truncate(2) on a path: write the shortened value now.
                 let (mut data, base) = self
                     .read_view()
-                    .value(key)
+                    .version(ino.0)
                     .map_or((Vec::new(), 0), |v| (v.bytes.to_vec(), v.revision));
                 data.resize(size, 0);
                 let mut file = OpenFile {
+                    failed: None,
                     key: key.clone(),
                     data,
                     base,
                     dirty: true,
+                    written: true,
                 };
-                self.commit(&mut file)?;
+                self.commit(None, ino.0, &mut file)?;
             }
         }
-        Ok(self.attr(&node))
+        Ok(self.attr_of(ino.0, &node))
     }
 
     fn do_unlink(&self, parent: INodeNo, name: &OsStr) -> Result<(), Errno> {
@@ -342,7 +503,7 @@ impl EtcdFs {
         }
         let dir = format!("{prefix}{}/", decode_new(name)?);
         self.write_view().add_local_dir(dir.clone());
-        Ok(self.attr(&Node::Dir(dir)))
+        Ok(self.entry(&Node::Dir(dir)))
     }
 
     fn do_rmdir(&self, parent: INodeNo, name: &OsStr) -> Result<(), Errno> {
@@ -379,7 +540,10 @@ impl EtcdFs {
             Ok(Node::File(key)) => key,
             Err(_) => format!("{to_dir}{}", decode_new(newname)?),
         };
-        let Some(value) = self.read_view().value(&from).cloned() else {
+        let (Some(value), Some(ino)) = (
+            self.read_view().value(&from).cloned(),
+            self.read_view().known_ino(&Node::File(from.clone())),
+        ) else {
             return Err(Errno::EBUSY); // Still being created.
         };
         let (from_abs, to_abs) = (self.abs(&from), self.abs(&to));
@@ -399,9 +563,11 @@ impl EtcdFs {
             return Err(Errno::ESTALE);
         }
         let revision = response.header().map_or(0, |h| h.revision());
+        // The kernel moved the entry to the new name with the same inode:
+        // that inode is now the new key's version.
         let mut view = self.write_view();
-        view.set(&to, Some((value.bytes.to_vec(), revision)));
         view.set(&from, None);
+        view.adopt(&to, value.bytes.to_vec(), revision, ino);
         keep_dir(&mut view, from_dir);
         Ok(())
     }
@@ -447,17 +613,6 @@ fn keep_dir(view: &mut View, prefix: String) {
     }
 }
 
-trait HandleMatch {
-    fn is_none_or_eq(&self, handle: u64) -> bool;
-}
-
-impl HandleMatch for Option<FileHandle> {
-    /// No handle named, or this one.
-    fn is_none_or_eq(&self, handle: u64) -> bool {
-        self.map_or(true, |fh| fh.0 == handle)
-    }
-}
-
 /// The segment a new file or directory name stands for.
 fn decode_new(name: &OsStr) -> Result<String, Errno> {
     if name == names::VALUE_FILE || names::is_shortened(name) {
@@ -468,6 +623,22 @@ fn decode_new(name: &OsStr) -> Result<String, Errno> {
 }
 
 impl Filesystem for EtcdFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // O_TRUNC arrives with the open instead of as a truncation of the
+        // file for every writer and reader.
+        if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC) {
+            tracing::warn!(
+                ?missing,
+                "the kernel cannot pass O_TRUNC with open; truncations are separate writes"
+            );
+        }
+        Ok(())
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.write_view().forget(ino.0, nlookup);
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.do_lookup(parent, name) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
@@ -477,7 +648,7 @@ impl Filesystem for EtcdFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.node(ino) {
-            Ok(node) => reply.attr(&TTL, &self.attr(&node)),
+            Ok(node) => reply.attr(&TTL, &self.attr_of(ino.0, &node)),
             Err(e) => reply.error(e),
         }
     }
@@ -500,10 +671,9 @@ impl Filesystem for EtcdFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // Modes, owners and times are the mount's; changing them is accepted
-        // and has no effect, except on a read-only mount.
-        let other = mode.is_some() || uid.is_some() || gid.is_some();
-        match self.do_setattr(ino, size, fh, other) {
+        // Times are the mount's: setting them (touch) is accepted and has
+        // no effect. Modes and owners are checked in do_setattr.
+        match self.do_setattr(ino, size, fh, (mode, uid, gid)) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
@@ -541,12 +711,13 @@ impl Filesystem for EtcdFs {
             let end = start.saturating_add(size as usize).min(data.len());
             data[start..end].to_vec()
         };
-        if let Some(file) = lock(&self.files).get(&fh.0) {
-            return reply.data(&slice(&file.data));
+        if let Some(handle) = self.handle(fh.0) {
+            return reply.data(&slice(&lock(&handle.file).data));
         }
+        // The inode's own version: its content never changes.
         match self.node(ino) {
-            Ok(Node::File(key)) => {
-                let bytes = self.read_view().value(&key).map(|v| v.bytes.clone());
+            Ok(Node::File(_)) => {
+                let bytes = self.read_view().version(ino.0).map(|v| v.bytes.clone());
                 reply.data(&slice(bytes.as_deref().unwrap_or_default()));
             }
             Ok(Node::Dir(_)) => reply.error(Errno::EISDIR),
@@ -566,19 +737,25 @@ impl Filesystem for EtcdFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let mut files = lock(&self.files);
-        let Some(file) = files.get_mut(&fh.0) else {
+        let Some(handle) = self.handle(fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        let Ok(start) = usize::try_from(offset) else {
+        // Past etcd's request limit the write could never be committed:
+        // refused now, not at close.
+        let end = offset.saturating_add(data.len() as u64);
+        let mut file = lock(&handle.file);
+        let Ok(end) = self.check_size(end) else {
+            file.failed = Some(Errno::EFBIG);
             return reply.error(Errno::EFBIG);
         };
-        let end = start + data.len();
+        let start = end - data.len();
         if file.data.len() < end {
             file.data.resize(end, 0);
         }
         file.data[start..end].copy_from_slice(data);
         file.dirty = true;
+        file.written = true;
+        handle.changed(&file);
         reply.written(data.len() as u32);
     }
 
@@ -594,7 +771,7 @@ impl Filesystem for EtcdFs {
             // Nothing to commit ever: ENOSYS stops the kernel's flushes.
             return reply.error(Errno::ENOSYS);
         }
-        done(reply, self.flush_handle(fh))
+        done(reply, self.flush_handle(fh, false))
     }
 
     fn fsync(
@@ -605,7 +782,7 @@ impl Filesystem for EtcdFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        done(reply, self.flush_handle(fh))
+        done(reply, self.flush_handle(fh, true))
     }
 
     fn release(
@@ -618,11 +795,22 @@ impl Filesystem for EtcdFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let result = self.flush_handle(fh);
-        if let Some(file) = lock(&self.files).remove(&fh.0) {
+        let result = self.flush_handle(fh, true);
+        if let Err(errno) = result {
+            tracing::warn!(
+                fh = fh.0,
+                ?errno,
+                "a file closed without its last write reaching etcd"
+            );
+        }
+        let handle = lock(&self.files).remove(&fh.0);
+        if let Some(handle) = handle {
+            let file = lock(&handle.file);
             if file.dirty {
-                // Never written: a created file disappears again.
+                // Never committed: a created file disappears again, and what
+                // the kernel cached of the writes goes.
                 self.write_view().remove_new_file(&file.key);
+                self.invalidations.inode(handle.ino.load(Ordering::Acquire));
             }
         }
         done(reply, result)

@@ -19,7 +19,23 @@ pub struct Handler {
     view: Arc<RwLock<View>>,
     base: String,
     /// To the thread that tells the kernel.
-    stale: mpsc::Sender<Stale>,
+    stale: Invalidations,
+}
+
+/// A way to the thread that tells the kernel, for the FUSE handlers too
+/// (which must never notify the kernel themselves).
+#[derive(Clone)]
+pub struct Invalidations(mpsc::Sender<Stale>);
+
+impl Invalidations {
+    /// The kernel's cached pages and attributes of `ino` are wrong (a write
+    /// through the mount that was not committed left its data there).
+    pub fn inode(&self, ino: u64) {
+        let _ = self.0.send(Stale {
+            inodes: vec![ino],
+            ..Stale::default()
+        });
+    }
 }
 
 /// What the kernel must forget.
@@ -42,7 +58,16 @@ impl Handler {
                 }
             })
             .expect("start the invalidation thread");
-        Handler { view, base, stale }
+        Handler {
+            view,
+            base,
+            stale: Invalidations(stale),
+        }
+    }
+
+    /// A way to ask for invalidations from elsewhere.
+    pub fn invalidations(&self) -> Invalidations {
+        self.stale.clone()
     }
 
     fn relative<'k>(&self, key: &'k str) -> Option<&'k str> {
@@ -84,15 +109,16 @@ impl Handler {
             }
         }
         if !stale.entries.is_empty() || !stale.inodes.is_empty() {
-            let _ = self.stale.send(stale);
+            let _ = self.stale.0.send(stale);
         }
     }
 }
 
 impl Stale {
-    /// Everything a change of `key` can make stale: its file's pages and
-    /// attributes, and the entries of every directory above it (a directory
-    /// can appear, vanish, or turn from a file into a directory).
+    /// Everything a change of `key` can make stale: the entries of every
+    /// directory above it (the key's name now stands for a new inode, and
+    /// a directory can appear, vanish, or turn from a file into one), and the
+    /// pages of its inode if it kept one (a write of this mount, seen again).
     fn add(&mut self, view: &View, key: &str) {
         if let Some(ino) = view.known_ino(&Node::File(key.to_owned())) {
             self.inodes.push(ino);

@@ -16,6 +16,10 @@ use crate::connect::ConnectArgs;
 use crate::exit::{msg, Error};
 use view::{Owner, View};
 
+/// Room left in an etcd request for everything but the value (the key,
+/// the transaction around it).
+const REQUEST_OVERHEAD: usize = 4096;
+
 pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
     let read_only = args.read_only || env_true("SHYLOCK_READ_ONLY") || env_true("ETC_READ_ONLY");
     check_fuse()?;
@@ -27,6 +31,7 @@ pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
     let view: Arc<RwLock<View>> = Arc::new(RwLock::new(View::new(std::iter::empty())));
     let notifier: Arc<OnceLock<fuser::Notifier>> = Arc::default();
     let handler = invalidate::Handler::new(view.clone(), notifier.clone(), base.clone());
+    let invalidations = handler.invalidations();
     // The handler fills the view with the first read, then keeps it current.
     let (revision, watch) = client
         .watch_tree(&base, move |event: TreeEvent<'_>| handler.handle(event))
@@ -37,14 +42,20 @@ pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
         uid: args.uid.unwrap_or_else(|| unsafe { libc::getuid() }),
         gid: args.gid.unwrap_or_else(|| unsafe { libc::getgid() }),
         read_only,
+        umask: args.umask,
+    };
+    let settings = fs::Settings {
+        base,
+        owner,
+        conflicts: args.conflicts,
+        max_value: args.max_request_bytes.saturating_sub(REQUEST_OVERHEAD),
     };
     let filesystem = fs::EtcdFs::new(
         view,
         client.etcd(),
         tokio::runtime::Handle::current(),
-        base,
-        owner,
-        args.conflicts,
+        settings,
+        invalidations,
     );
     let mut config = Config::default();
     config.mount_options = vec![

@@ -1,6 +1,15 @@
 //! The mount's in-memory copy of the keys under its prefix, and the inode
 //! table. A directory is named by its key prefix ending in `/` (the root is
 //! `""`); a file by its key. Both are relative to the mounted prefix.
+//!
+//! A file's inode stands for one version of its key: its content and size
+//! never change. A change made in etcd gives the key a new inode (and its
+//! directory entry is invalidated), so the kernel's cached pages and size of
+//! an inode always belong together: a reader sees one value whole, and one
+//! that has the file open keeps reading the version it opened, as with a
+//! file replaced by rename. An old version is kept until the kernel forgets
+//! its inode. A write through the mount, or a rename, keeps the inode the
+//! writer used: the kernel's cache of it already holds what was written.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -36,6 +45,20 @@ pub struct Owner {
     pub uid: u32,
     pub gid: u32,
     pub read_only: bool,
+    /// Permission bits taken away from every file and directory.
+    pub umask: u32,
+}
+
+impl Owner {
+    fn perm(&self, kind: FileType) -> u16 {
+        let full = match (kind, self.read_only) {
+            (FileType::Directory, false) => 0o755,
+            (FileType::Directory, true) => 0o555,
+            (_, false) => 0o644,
+            (_, true) => 0o444,
+        };
+        (full & !self.umask & 0o777) as u16
+    }
 }
 
 #[derive(Default)]
@@ -45,8 +68,13 @@ pub struct View {
     local_dirs: BTreeSet<String>,
     /// Files created and not yet written to etcd.
     new_files: BTreeSet<String>,
+    /// The inode of each directory, and of each file's current version.
     inodes: HashMap<Node, u64>,
     nodes: HashMap<u64, Node>,
+    /// Older versions of files whose inodes the kernel still holds.
+    frozen: HashMap<u64, Value>,
+    /// The kernel's references to each inode (its lookup count).
+    lookups: HashMap<u64, u64>,
     next_ino: u64,
     started: Option<SystemTime>,
 }
@@ -105,18 +133,23 @@ impl View {
             .filter(|(k, v)| new.get(*k).map(|n| n.revision) != Some(v.revision))
             .map(|(k, _)| k.clone())
             .collect();
+        for key in &changed {
+            self.retire(key);
+        }
         changed.extend(new.keys().filter(|k| !self.keys.contains_key(*k)).cloned());
         self.keys = new;
         changed
     }
 
-    /// Sets or deletes one key, as etcd now holds it.
+    /// Sets or deletes one key, as etcd now holds it. A new value gets a
+    /// new inode; the old one keeps its content while the kernel holds it.
     pub fn set(&mut self, key: &str, value: Option<(Vec<u8>, i64)>) {
         match value {
             Some((bytes, revision)) => {
                 if self.keys.get(key).is_some_and(|v| v.revision >= revision) {
                     return; // Already applied (a write of this mount).
                 }
+                self.retire(key);
                 self.new_files.remove(key);
                 self.forget_local_dirs_above(key);
                 let value = Value {
@@ -127,9 +160,94 @@ impl View {
                 self.keys.insert(key.to_owned(), value);
             }
             None => {
+                self.retire(key);
                 self.keys.remove(key);
             }
         }
+    }
+
+    /// Sets a key to a value written through the mount, as the version of
+    /// inode `ino` (the writer's, whose pages in the kernel already hold it).
+    pub fn adopt(&mut self, key: &str, bytes: Vec<u8>, revision: i64, ino: u64) {
+        if self.known_ino(&Node::File(key.to_owned())) != Some(ino) {
+            self.retire(key);
+        }
+        self.frozen.remove(&ino);
+        if let Some(Node::File(old)) = self.nodes.get(&ino).cloned() {
+            if old != key && self.inodes.get(&Node::File(old.clone())) == Some(&ino) {
+                self.inodes.remove(&Node::File(old));
+            }
+        }
+        self.inodes.insert(Node::File(key.to_owned()), ino);
+        self.nodes.insert(ino, Node::File(key.to_owned()));
+        self.new_files.remove(key);
+        self.forget_local_dirs_above(key);
+        let value = Value {
+            bytes: bytes.into(),
+            revision,
+            changed: SystemTime::now(),
+        };
+        self.keys.insert(key.to_owned(), value);
+    }
+
+    /// The key's current inode stops standing for it: the kernel keeps
+    /// reading its content as it is now, and the key gets a new inode.
+    fn retire(&mut self, key: &str) {
+        let Some(ino) = self.inodes.remove(&Node::File(key.to_owned())) else {
+            return;
+        };
+        match (self.lookups.contains_key(&ino), self.keys.get(key)) {
+            (true, Some(value)) => {
+                self.frozen.insert(ino, value.clone());
+            }
+            _ => {
+                self.nodes.remove(&ino);
+            }
+        }
+    }
+
+    /// The kernel took one more reference to `ino` (an entry reply).
+    pub fn referenced(&mut self, ino: u64) {
+        *self.lookups.entry(ino).or_default() += 1;
+    }
+
+    /// The kernel dropped `n` references to `ino`; an old version nobody
+    /// can read any more is freed.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        let Some(count) = self.lookups.get_mut(&ino) else {
+            return;
+        };
+        *count = count.saturating_sub(n);
+        if *count > 0 {
+            return;
+        }
+        self.lookups.remove(&ino);
+        if self.frozen.remove(&ino).is_some() {
+            self.nodes.remove(&ino);
+        }
+    }
+
+    /// The content of a file inode: its version, old or current.
+    pub fn version(&self, ino: u64) -> Option<&Value> {
+        if let Some(value) = self.frozen.get(&ino) {
+            return Some(value);
+        }
+        match self.nodes.get(&ino)? {
+            Node::File(key) if self.inodes.get(&Node::File(key.clone())) == Some(&ino) => {
+                self.keys.get(key)
+            }
+            _ => None,
+        }
+    }
+
+    /// The node an inode stands for, if it still exists: a directory, a
+    /// key's current version, a created file, or an old version the
+    /// kernel holds.
+    pub fn live(&self, ino: u64) -> Option<&Node> {
+        let node = self.nodes.get(&ino)?;
+        let current = self.inodes.get(node) == Some(&ino);
+        let exists = self.frozen.contains_key(&ino) || (current && self.exists(node));
+        exists.then_some(node)
     }
 
     fn forget_local_dirs_above(&mut self, key: &str) {
@@ -164,10 +282,6 @@ impl View {
     /// The inode of a node, if it was ever handed to the kernel.
     pub fn known_ino(&self, node: &Node) -> Option<u64> {
         self.inodes.get(node).copied()
-    }
-
-    pub fn node(&self, ino: u64) -> Option<&Node> {
-        self.nodes.get(&ino)
     }
 
     fn has_keys_under(&self, prefix: &str) -> bool {
@@ -346,28 +460,19 @@ impl View {
         }
     }
 
-    pub fn attr(&mut self, node: &Node, owner: Owner) -> FileAttr {
-        let ino = self.ino(node);
+    /// The attributes of an inode standing for `node`.
+    pub fn attr_of(&self, ino: u64, node: &Node, owner: Owner) -> FileAttr {
         let started = self.started.unwrap_or_else(SystemTime::now);
-        let (kind, perm, size, time) = match node {
-            Node::Dir(_) => (
-                FileType::Directory,
-                if owner.read_only { 0o555 } else { 0o755 },
-                0,
-                started,
-            ),
-            Node::File(key) => {
-                let (size, time) = self.keys.get(key).map_or((0, SystemTime::now()), |v| {
+        let (kind, size, time) = match node {
+            Node::Dir(_) => (FileType::Directory, 0, started),
+            Node::File(_) => {
+                let (size, time) = self.version(ino).map_or((0, SystemTime::now()), |v| {
                     (v.bytes.len() as u64, v.changed)
                 });
-                (
-                    FileType::RegularFile,
-                    if owner.read_only { 0o444 } else { 0o644 },
-                    size,
-                    time,
-                )
+                (FileType::RegularFile, size, time)
             }
         };
+        let perm = owner.perm(kind);
         FileAttr {
             ino: INodeNo(ino),
             size,

@@ -38,6 +38,9 @@ pub fn is_mounted(path: &Path) -> bool {
 /// A running `shylock mount`, unmounted on drop.
 pub struct Mount {
     child: Option<Child>,
+    /// What the mount logged so far, read as it comes (a full pipe would
+    /// block the daemon).
+    log: std::sync::Arc<std::sync::Mutex<String>>,
     uid: bool,
     pub dir: tempfile::TempDir,
     pub path: PathBuf,
@@ -73,6 +76,20 @@ impl Mount {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("run shylock");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
         // shylock prints "shylock: mounted ..." once the filesystem serves.
         let stdout = child.stdout.take().unwrap();
         let (tx, mounted) = std::sync::mpsc::channel();
@@ -90,10 +107,10 @@ impl Mount {
         let deadline = Instant::now() + DEADLINE;
         while mounted.try_recv().is_err() {
             if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
                 panic!(
-                    "shylock mount exited with {status}:
-{}",
-                    stderr_of(&mut child)
+                    "shylock mount exited with {status}:\n{}",
+                    log.lock().unwrap()
                 );
             }
             assert!(Instant::now() < deadline, "not mounted after {DEADLINE:?}");
@@ -101,6 +118,7 @@ impl Mount {
         }
         Mount {
             child: Some(child),
+            log,
             uid: extra.contains(&"--uid"),
             dir,
             path,
@@ -130,7 +148,12 @@ impl Mount {
         let mut child = self.child.take().unwrap();
         signal(&child, libc::SIGTERM);
         let status = wait_exit(&mut child);
-        let stderr = stderr_of(&mut child);
+        // The reader thread sees the pipe close once the process is gone.
+        let deadline = Instant::now() + DEADLINE;
+        while std::sync::Arc::strong_count(&self.log) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let stderr = self.log.lock().unwrap().clone();
         if !status.success() {
             panic!("shylock mount exited with {status}:\n{stderr}");
         }
@@ -148,15 +171,6 @@ impl Mount {
         let path = std::mem::take(&mut self.path);
         (dir, path)
     }
-}
-
-/// What a finished child wrote to its piped stderr.
-fn stderr_of(child: &mut Child) -> String {
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    stderr
 }
 
 fn signal(child: &Child, signal: i32) {
@@ -250,6 +264,21 @@ pub async fn get(etcd: &mut etcd_client::Client, key: &str) -> Option<(Vec<u8>, 
         .kvs()
         .first()
         .map(|kv| (kv.value().to_vec(), kv.mod_revision()))
+}
+
+/// Waits until etcd holds `key`; its value and revision.
+pub async fn wait_for_key(etcd: &mut etcd_client::Client, key: &str) -> (Vec<u8>, i64) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(found) = get(etcd, key).await {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key} not in etcd after {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Every key (relative to `prefix/`) under a prefix, sorted.

@@ -163,3 +163,36 @@ async fn a_missing_certificate_file_is_named() {
         .to_string();
     assert!(error.contains("/nonexistent/c.pem"), "{error}");
 }
+
+/// Regression: a CA file that was not PEM was accepted until the first
+/// request failed with an obscure TLS error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_that_is_not_pem_is_refused_at_start_naming_it() {
+    let pki = Pki::new();
+    let not_pem = pki.path("not-a-certificate.pem");
+    std::fs::write(&not_pem, "this is not a certificate\n").unwrap();
+    let connect =
+        |tls: TlsFiles| shylock::Client::connect(connect_options("https://127.0.0.1:1", tls));
+    let error = connect(TlsFiles::new().with_ca(&not_pem))
+        .await
+        .err()
+        .expect("refused at once")
+        .to_string();
+    assert!(
+        error.contains("not-a-certificate.pem") && error.contains("CA certificate"),
+        "{error}"
+    );
+    assert!(error.contains("no PEM certificate"), "{error}");
+
+    // A certificate given as the key, or a key as the certificate.
+    let swapped = TlsFiles::new().with_identity(pki.path("client-key.pem"), pki.path("client.pem"));
+    let error = connect(swapped)
+        .await
+        .err()
+        .expect("refused at once")
+        .to_string();
+    assert!(
+        error.contains("client-key.pem") && error.contains("client certificate"),
+        "{error}"
+    );
+}

@@ -9,7 +9,7 @@ use crate::command::{self, parse_mode};
 use crate::connect::ConnectArgs;
 use crate::document::{self, Format};
 use crate::exit::{msg, Error};
-use crate::live_keys::{relative, Keys, LiveKeys};
+use crate::live_keys::{relative, Keys, LiveKeys, Retry, Wake};
 
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
@@ -42,6 +42,28 @@ pub struct ExportArgs {
     /// mode, 0644 for a new file].
     #[arg(long, value_parser = parse_mode)]
     pub mode: Option<u32>,
+
+    #[command(flatten)]
+    pub retry: RetryArgs,
+}
+
+/// How `--watch` retries a write that failed (a full disk, a permission).
+#[derive(Debug, clap::Args)]
+pub struct RetryArgs {
+    /// With --watch, first delay before retrying a failed write (doubling
+    /// each time, until it succeeds or the keys change).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub retry_min: Duration,
+
+    /// With --watch, longest delay between retries.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub retry_max: Duration,
+}
+
+impl RetryArgs {
+    pub fn retry(&self) -> Retry {
+        Retry::new(self.retry_min, self.retry_max)
+    }
 }
 
 /// The file's content for the keys as they are now.
@@ -72,26 +94,38 @@ pub async fn run(connect: &ConnectArgs, args: ExportArgs) -> Result<(), Error> {
     };
     let write =
         |keys: &Keys| -> Result<bool, Error> { target.write(&content(keys, &base, args.format)?) };
-    if write(&live.snapshot())? {
-        tracing::info!(dest = %args.dest.display(), "written");
-        exec(&args).await?;
-    }
     if !args.watch {
+        if write(&live.snapshot())? {
+            tracing::info!(dest = %args.dest.display(), "written");
+            exec(&args).await?;
+        }
         return Ok(());
     }
     let mut stop = crate::signals::Stop::new()?;
-    while live.next_change(&mut stop).await? {
+    let mut retry = args.retry.retry();
+    let mut wake = Wake::Changed;
+    while wake != Wake::Stop {
+        if wake == Wake::Changed {
+            // New keys: written now, with a fresh backoff.
+            retry.succeeded();
+        }
         match write(&live.snapshot()) {
-            Ok(true) => {
-                tracing::info!(dest = %args.dest.display(), "rewritten");
-                if let Err(error) = exec(&args).await {
-                    tracing::error!(%error, "--exec failed");
+            Ok(changed) => {
+                retry.succeeded();
+                if changed {
+                    tracing::info!(dest = %args.dest.display(), "written");
+                    if let Err(error) = exec(&args).await {
+                        tracing::error!(%error, "--exec failed");
+                    }
                 }
             }
-            Ok(false) => {}
             // Keep the last good file: never write an empty or broken one.
-            Err(error) => tracing::error!(%error, "not rewritten; the file keeps its last content"),
+            Err(error) => {
+                let retry_in = retry.failed();
+                tracing::error!(%error, ?retry_in, "not written; the file keeps its last content");
+            }
         }
+        wake = live.next_wake(&mut stop, &retry).await?;
     }
     Ok(())
 }

@@ -39,6 +39,12 @@ pub struct ImportArgs {
     /// Operations per transaction (etcd's --max-txn-ops, 128 by default).
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
+
+    /// In a directory, also follow symlinks that lead out of it (by
+    /// default such a link is an error: it could bring any file the
+    /// importing user may read into etcd).
+    #[arg(long)]
+    pub follow_links: bool,
 }
 
 /// One change to make.
@@ -48,7 +54,7 @@ enum Op {
 }
 
 pub async fn run(connect: &ConnectArgs, args: ImportArgs) -> Result<(), Error> {
-    let desired = read_source(&args.file, args.format)?;
+    let desired = read_source(&args.file, args.format, args.follow_links)?;
     let base = args.prefix.trim_end_matches('/').to_owned();
     let client = shylock::Client::connect(connect.options()?).await?;
     let mut etcd = client.etcd();
@@ -153,12 +159,20 @@ pub async fn run(connect: &ConnectArgs, args: ImportArgs) -> Result<(), Error> {
 }
 
 /// The keys (relative to the prefix) a file or directory stands for.
-fn read_source(path: &Path, format: Option<Format>) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+fn read_source(
+    path: &Path,
+    format: Option<Format>,
+    follow_links: bool,
+) -> Result<BTreeMap<String, Vec<u8>>, Error> {
     let meta =
         std::fs::metadata(path).map_err(|e| msg(format!("cannot read {}: {e}", path.display())))?;
     if meta.is_dir() {
+        let root = path
+            .canonicalize()
+            .map_err(|e| msg(format!("cannot read {}: {e}", path.display())))?;
         let mut keys = BTreeMap::new();
-        read_dir(path, "", &mut keys)?;
+        let walk = Walk { root, follow_links };
+        walk.read_dir(path, "", &mut keys)?;
         return Ok(keys);
     }
     let format = match format {
@@ -183,39 +197,67 @@ fn read_source(path: &Path, format: Option<Format>) -> Result<BTreeMap<String, V
     Ok(document::flatten(&document))
 }
 
-/// Files as keys: names are decoded by the mount's rules; `..`-names (a
-/// synced directory's internals) are skipped; symlinks are followed.
-fn read_dir(dir: &Path, prefix: &str, keys: &mut BTreeMap<String, Vec<u8>>) -> Result<(), Error> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| msg(format!("cannot list {}: {e}", dir.display())))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let path = entry.path();
-        if name.to_string_lossy().starts_with("..") {
-            continue;
+/// A directory read as keys.
+struct Walk {
+    /// The directory, resolved: links must stay inside it.
+    root: PathBuf,
+    follow_links: bool,
+}
+
+impl Walk {
+    /// Files as keys: names are decoded by the mount's rules; `..`-names (a
+    /// synced directory's internals) are skipped; symlinks are followed while
+    /// they stay inside the directory (a synced directory is made of them).
+    fn read_dir(
+        &self,
+        dir: &Path,
+        prefix: &str,
+        keys: &mut BTreeMap<String, Vec<u8>>,
+    ) -> Result<(), Error> {
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| msg(format!("cannot list {}: {e}", dir.display())))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let path = entry.path();
+            if name.to_string_lossy().starts_with("..") {
+                continue;
+            }
+            if entry.file_type().is_ok_and(|t| t.is_symlink()) && !self.follow_links {
+                let target = path
+                    .canonicalize()
+                    .map_err(|e| msg(format!("cannot follow the link {}: {e}", path.display())))?;
+                if !target.starts_with(&self.root) {
+                    return Err(msg(format!(
+                        "{} is a link out of the directory (to {}); nothing was imported. \
+                     Give --follow-links to import what it points to",
+                        path.display(),
+                        target.display()
+                    )));
+                }
+            }
+            let meta = std::fs::metadata(&path)
+                .map_err(|e| msg(format!("cannot read {}: {e}", path.display())))?;
+            if name == VALUE_FILE {
+                let own = prefix.trim_end_matches('/').to_owned();
+                keys.insert(own, std::fs::read(&path)?);
+                continue;
+            }
+            let segment = names::decode(&name)
+                .ok()
+                .and_then(|s| String::from_utf8(s).ok())
+                .ok_or_else(|| {
+                    msg(format!(
+                        "{} is not a key name (a % must be written %25)",
+                        path.display()
+                    ))
+                })?;
+            let key = format!("{prefix}{segment}");
+            if meta.is_dir() {
+                self.read_dir(&path, &format!("{key}/"), keys)?;
+            } else {
+                keys.insert(key, std::fs::read(&path)?);
+            }
         }
-        let meta = std::fs::metadata(&path)
-            .map_err(|e| msg(format!("cannot read {}: {e}", path.display())))?;
-        if name == VALUE_FILE {
-            let own = prefix.trim_end_matches('/').to_owned();
-            keys.insert(own, std::fs::read(&path)?);
-            continue;
-        }
-        let segment = names::decode(&name)
-            .ok()
-            .and_then(|s| String::from_utf8(s).ok())
-            .ok_or_else(|| {
-                msg(format!(
-                    "{} is not a key name (a % must be written %25)",
-                    path.display()
-                ))
-            })?;
-        let key = format!("{prefix}{segment}");
-        if meta.is_dir() {
-            read_dir(&path, &format!("{key}/"), keys)?;
-        } else {
-            keys.insert(key, std::fs::read(&path)?);
-        }
+        Ok(())
     }
-    Ok(())
 }

@@ -107,20 +107,75 @@ impl LiveKeys {
     }
 }
 
+/// Why a `--watch` loop wakes up.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// The keys changed.
+    Changed,
+    /// A failed write is due to be retried.
+    Retry,
+    /// SIGINT or SIGTERM.
+    Stop,
+}
+
 impl LiveKeys {
-    /// For `--watch` loops: `Ok(true)` when the keys changed, `Ok(false)` on
-    /// SIGINT/SIGTERM, an error if the watch ended.
-    pub async fn next_change(
+    /// For `--watch` loops: waits for a change, the retry (if one is
+    /// pending), or SIGINT/SIGTERM. An error if the watch ended.
+    pub async fn next_wake(
         &mut self,
         stop: &mut crate::signals::Stop,
-    ) -> Result<bool, crate::exit::Error> {
+        retry: &Retry,
+    ) -> Result<Wake, crate::exit::Error> {
+        let due = retry.due;
+        let retry_due = async move {
+            match due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             changed = self.changed() => match changed {
-                Some(_) => Ok(true),
+                Some(_) => Ok(Wake::Changed),
                 None => Err(crate::exit::msg("the watch ended")),
             },
-            () = stop.wait() => Ok(false),
+            () = retry_due => Ok(Wake::Retry),
+            () = stop.wait() => Ok(Wake::Stop),
         }
+    }
+}
+
+/// When a failed write is tried again: after `min`, doubling up to `max`,
+/// until it succeeds or the keys change (then at once).
+#[derive(Debug)]
+pub struct Retry {
+    min: std::time::Duration,
+    max: std::time::Duration,
+    delay: std::time::Duration,
+    due: Option<tokio::time::Instant>,
+}
+
+impl Retry {
+    pub fn new(min: std::time::Duration, max: std::time::Duration) -> Self {
+        Retry {
+            min,
+            max: max.max(min),
+            delay: min,
+            due: None,
+        }
+    }
+
+    /// The write worked: nothing to retry.
+    pub fn succeeded(&mut self) {
+        self.delay = self.min;
+        self.due = None;
+    }
+
+    /// The write failed: try again later; returns when.
+    pub fn failed(&mut self) -> std::time::Duration {
+        let delay = self.delay;
+        self.due = Some(tokio::time::Instant::now() + delay);
+        self.delay = (self.delay * 2).min(self.max);
+        delay
     }
 }
 

@@ -399,3 +399,99 @@ async fn a_synced_directory_never_shows_half_an_update() {
     );
     assert_eq!(keys(&mut etcd, &format!("{p}-copy")).await, ["nested/b"]);
 }
+
+/// Regression: importing a directory followed a symlink out of it and put a
+/// root-only file into etcd.
+#[tokio::test(flavor = "multi_thread")]
+async fn import_refuses_links_out_of_the_directory() {
+    let server = shared_server();
+    let ep = server.endpoint();
+    let p = unique_prefix("w-links");
+    let mut etcd = etcd(&ep).await;
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("shadow");
+    fs::write(&secret, "root's secret").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("a"), "1").unwrap();
+    fs::write(dir.path().join("inside"), "2").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("inside"), dir.path().join("alias")).unwrap();
+    std::os::unix::fs::symlink(&secret, dir.path().join("stolen")).unwrap();
+    let source = dir.path().to_string_lossy().into_owned();
+
+    let out = run(&ep, &["import", &source, "--prefix", &p]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("stolen") && stderr.contains("--follow-links"),
+        "{stderr}"
+    );
+    assert!(keys(&mut etcd, &p).await.is_empty(), "nothing was imported");
+
+    fs::remove_file(dir.path().join("stolen")).unwrap();
+    ok(&ep, &["import", &source, "--prefix", &p]);
+    assert_eq!(
+        keys(&mut etcd, &p).await,
+        ["a", "alias", "inside"],
+        "links inside are followed"
+    );
+}
+
+/// Regression: top-level keys named like sync's own entries (`..data`,
+/// `..v1`) vanished from the synced directory, and `..data_tmp` was
+/// overwritten.
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_shows_keys_named_like_its_own_entries_and_sets_modes() {
+    let server = shared_server();
+    let ep = server.endpoint();
+    let p = unique_prefix("w-dots");
+    let mut etcd = etcd(&ep).await;
+    for (key, value) in [
+        ("..data", "d"),
+        ("..v1", "v"),
+        ("..data_tmp", "t"),
+        ("ok", "o"),
+    ] {
+        put(&mut etcd, &format!("{p}/{key}"), value).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("out");
+    ok(
+        &ep,
+        &["sync", &p, &target.to_string_lossy(), "--mode", "0640"],
+    );
+    for (name, value) in [
+        ("%2E.data", "d"),
+        ("%2E.v1", "v"),
+        ("%2E.data_tmp", "t"),
+        ("ok", "o"),
+    ] {
+        assert_eq!(
+            fs::read_to_string(target.join(name)).unwrap(),
+            value,
+            "{name}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(target.join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o640
+        );
+    }
+    ok(
+        &ep,
+        &[
+            "import",
+            &target.to_string_lossy(),
+            "--prefix",
+            &format!("{p}-copy"),
+        ],
+    );
+    assert_eq!(
+        keys(&mut etcd, &format!("{p}-copy")).await,
+        ["..data", "..data_tmp", "..v1", "ok"],
+        "the names round-trip"
+    );
+}

@@ -1,6 +1,7 @@
 //! TLS to etcd: a custom CA, and a client certificate for etcd's
 //! `--client-cert-auth`. Files are read when the client is made; a missing
-//! or unreadable file is an error naming its path.
+//! or unreadable file, or one that holds no PEM certificate (or key), is an
+//! error naming its path, rather than a failure at the first request.
 
 use std::path::{Path, PathBuf};
 
@@ -49,15 +50,19 @@ impl TlsFiles {
     pub(crate) fn load(&self) -> Result<etcd_client::TlsOptions> {
         let mut tls = etcd_client::TlsOptions::new();
         if let Some(ca) = &self.ca {
-            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(
-                ca,
-                "CA certificate",
-            )?));
+            let pem = read(ca, "CA certificate")?;
+            certificates(&pem, ca, "CA certificate")?;
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
         }
         match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => {
-                let cert = read(cert, "client certificate")?;
-                let key = read(key, "client key")?;
+            (Some(cert_path), Some(key_path)) => {
+                let cert = read(cert_path, "client certificate")?;
+                certificates(&cert, cert_path, "client certificate")?;
+                let key = read(key_path, "client key")?;
+                use rustls_pki_types::pem::PemObject;
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
+                    not_pem(key_path, "client key", &format!("no PEM private key ({e})"))
+                })?;
                 tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
             }
             (None, None) => {}
@@ -69,6 +74,31 @@ impl TlsFiles {
             }
         }
         Ok(tls)
+    }
+}
+
+/// Checks that a file holds PEM certificates, and only those.
+fn certificates(pem: &[u8], path: &Path, what: &str) -> Result<()> {
+    use rustls_pki_types::pem::PemObject;
+    let mut found = 0;
+    for certificate in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+        certificate.map_err(|e| not_pem(path, what, &format!("a broken PEM certificate ({e})")))?;
+        found += 1;
+    }
+    if found == 0 {
+        return Err(not_pem(
+            path,
+            what,
+            "no PEM certificate (-----BEGIN CERTIFICATE-----)",
+        ));
+    }
+    Ok(())
+}
+
+fn not_pem(path: &Path, what: &str, problem: &str) -> Error {
+    Error::Option {
+        name: format!("TLS {what} {}", path.display()),
+        reason: format!("holds {problem}"),
     }
 }
 

@@ -1,5 +1,7 @@
 //! Running check, reload and exec commands: through `sh -c`, with a timeout
-//! that kills the whole process group, and their output logged.
+//! that kills the whole process group, and their output logged: its first
+//! [`OUTPUT_LIMIT`] bytes, the rest counted and dropped (a command that
+//! prints without end cannot fill the daemon's memory or its log).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -7,6 +9,25 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use crate::exit::{msg, Error};
+
+/// How much of a command's output (each of stdout and stderr) is kept.
+pub const OUTPUT_LIMIT: usize = 16 * 1024;
+
+/// Reads a pipe to its end, keeping the first `limit` bytes; returns them
+/// and how many more there were.
+async fn read_capped(mut pipe: impl tokio::io::AsyncRead + Unpin, limit: usize) -> (Vec<u8>, u64) {
+    let (mut kept, mut dropped) = (Vec::new(), 0u64);
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = limit.saturating_sub(kept.len()).min(n);
+        kept.extend_from_slice(&buf[..room]);
+        dropped += (n - room) as u64;
+    }
+    (kept, dropped)
+}
 
 /// Runs `script` with `sh -c`; `Ok` if it exits 0 within `timeout`.
 pub async fn run(what: &str, script: &str, timeout: Duration) -> Result<(), Error> {
@@ -21,15 +42,24 @@ pub async fn run(what: &str, script: &str, timeout: Duration) -> Result<(), Erro
         .spawn()
         .map_err(|e| msg(format!("{what} `{script}` could not start: {e}")))?;
     let pid = child.id();
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
     let finished = tokio::time::timeout(timeout, async {
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let (_, _, status) = tokio::join!(
-            stdout.read_to_end(&mut out),
-            stderr.read_to_end(&mut err),
+        let ((out, more_out), (err, more_err), status) = tokio::join!(
+            read_capped(stdout, OUTPUT_LIMIT),
+            read_capped(stderr, OUTPUT_LIMIT),
             child.wait()
         );
+        let mut err = err;
+        if more_out + more_err > 0 {
+            err.extend_from_slice(
+                format!(
+                    "\n... ({} more bytes of output dropped)",
+                    more_out + more_err
+                )
+                .as_bytes(),
+            );
+        }
         (status, out, err)
     })
     .await;
@@ -104,6 +134,30 @@ mod tests {
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "the hung command was killed"
+        );
+    }
+
+    /// Regression: a command that printed without end (`yes`) was buffered
+    /// whole (2.15 GB resident) and logged as one line.
+    #[tokio::test]
+    async fn endless_output_is_capped() {
+        let error = run(
+            "check",
+            "yes | head -c 50000000; exit 1",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("more bytes of output dropped"),
+            "{}",
+            &error[..200.min(error.len())]
+        );
+        assert!(
+            error.len() < 2 * OUTPUT_LIMIT,
+            "{} bytes of error",
+            error.len()
         );
     }
 }

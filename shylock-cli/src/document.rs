@@ -93,10 +93,25 @@ pub fn render(keys: &[(String, Vec<u8>)], format: Format) -> Result<Vec<u8>, Err
                 )
             })
             .collect(),
-        Format::Env => flat(keys)?
-            .into_iter()
-            .map(|(path, value)| format!("{}={}\n", env_name(&path), shell_quote(value)))
-            .collect(),
+        Format::Env => {
+            // Two keys that make one name would set it twice, the second
+            // silently winning: an error naming both.
+            let mut named: BTreeMap<String, String> = BTreeMap::new();
+            let mut out = String::new();
+            for (path, value) in flat(keys)? {
+                let name = env_name(&path);
+                let key = path.join("/");
+                if let Some(other) = named.insert(name.clone(), key.clone()) {
+                    return Err(format!(
+                        "keys {other} and {key} both become the variable {name}; \
+                         rename one, or export another format"
+                    )
+                    .into());
+                }
+                out.push_str(&format!("{name}={}\n", shell_quote(value)));
+            }
+            out
+        }
     };
     Ok(text.into_bytes())
 }
@@ -328,6 +343,18 @@ mod tests {
         assert!(
             env.contains("DB_URL='postgres://x'\n") && env.contains("NAME='it'\\''s \"web\"'\n"),
             "{env}"
+        );
+    }
+
+    /// Regression: `db-url` and `db/url` both became `DB_URL`, set twice.
+    #[test]
+    fn two_keys_of_one_variable_name_are_an_error() {
+        let error = render(&keys(&[("db-url", "a"), ("db/url", "b")]), Format::Env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("db-url") && error.contains("db/url") && error.contains("DB_URL"),
+            "{error}"
         );
     }
 

@@ -35,7 +35,11 @@ fn main() -> std::process::ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return exit::report(&error.into()),
     };
-    match runtime.block_on(cli.run()) {
+    let result = runtime.block_on(cli.run());
+    // A render still running on a blocking thread (SIGTERM came meanwhile)
+    // must not hold the exit: it would install nothing anyway.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => exit::SUCCESS,
         Err(error) => exit::report(&error),
     }

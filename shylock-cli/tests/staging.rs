@@ -79,7 +79,8 @@ async fn a_writer_killed_mid_render_leaves_no_staged_file_behind() {
     let check = c.script(
         "check.sh",
         &format!(
-            "while [ ! -e {go} ]; do sleep 0.02; done",
+            // At most 30 s, so a failed test leaves nothing running.
+            "i=0; while [ ! -e {go} ] && [ $i -lt 1500 ]; do sleep 0.02; i=$((i+1)); done",
             go = go.display()
         ),
     );
@@ -178,7 +179,7 @@ async fn a_staged_file_swapped_during_the_check_is_not_installed() {
     let check = c.script(
         "check.sh",
         &format!(
-            "touch {checking}; while [ ! -e {go} ]; do sleep 0.02; done",
+            "touch {checking}; i=0; while [ ! -e {go} ] && [ $i -lt 1500 ]; do sleep 0.02; i=$((i+1)); done",
             checking = checking.display(),
             go = go.display()
         ),

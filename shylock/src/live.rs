@@ -144,6 +144,7 @@ impl<T: EtcdConfig> Live<T> {
             pending: Vec::new(),
             snapshot,
             retired: None,
+            warned: None,
         };
         // A config that started without etcd is read whole once etcd answers.
         let next = if origin == Origin::Etcd {
@@ -434,7 +435,12 @@ struct LiveSink<T> {
     /// Once no reader holds it, the next update patches it into the new
     /// config instead of building one whole (double buffering).
     retired: Option<(Arc<Snapshot<T>>, Vec<String>)>,
+    /// The last rejection logged, when, and how many identical ones since.
+    warned: Option<(String, std::time::Instant, u64)>,
 }
+
+/// An identical rejection is logged again at most this often.
+const REPEAT_WARNING: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl<T: EtcdConfig> LiveSink<T> {
     fn is_secret(&self, key: &str) -> bool {
@@ -495,12 +501,7 @@ impl<T: EtcdConfig> LiveSink<T> {
             }
             Err(error) => {
                 self.pending = keys;
-                tracing::warn!(
-                    prefix = %shared.prefix,
-                    revision,
-                    %error,
-                    "rejected a config update; the last good config keeps serving"
-                );
+                warn_rejected(&mut self.warned, &shared.prefix, revision, &error);
                 {
                     let mut status = lock(&shared.status);
                     status.applied_revision = status.applied_revision.max(revision);
@@ -670,6 +671,36 @@ fn coalesce(changes: Vec<KeyChange>) -> Vec<KeyChange> {
     }
     out.retain(|c| c.old != c.new || c.old.as_deref() == Some(crate::event::REDACTED));
     out
+}
+
+/// Logs a rejection, unless the same problems were logged less than
+/// [`REPEAT_WARNING`] ago (a config that stays invalid under a stream of
+/// updates would otherwise fill the log); those are counted, and the count
+/// is logged with the next one.
+fn warn_rejected(
+    warned: &mut Option<(String, std::time::Instant, u64)>,
+    prefix: &str,
+    revision: i64,
+    error: &crate::ConfigError,
+) {
+    let text = error.to_string();
+    let now = std::time::Instant::now();
+    let repeated = match warned {
+        Some((last, at, count)) if *last == text && now - *at < REPEAT_WARNING => {
+            *count += 1;
+            return;
+        }
+        Some((_, _, count)) => *count,
+        None => 0,
+    };
+    tracing::warn!(
+        prefix,
+        revision,
+        %error,
+        repeated,
+        "rejected a config update; the last good config keeps serving"
+    );
+    *warned = Some((text, now, 0));
 }
 
 /// The message of a caught panic.

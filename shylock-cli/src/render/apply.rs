@@ -27,8 +27,10 @@ pub async fn install(
     keys: &std::sync::Arc<Keys>,
     mode: Mode,
     timeout: Duration,
+    limits: template::Limits,
 ) -> Result<bool, Error> {
-    let content = template::render(resource, keys)?;
+    tracing::debug!(resource = %resource.name, "rendering");
+    let content = template::render_within(resource, keys, limits).await?;
     let target = &resource.target;
     if target.is_current(content.as_bytes()) {
         return Ok(false);

@@ -7,6 +7,7 @@
 //! or the keys change again. SIGHUP re-reads the confdir.
 
 mod apply;
+mod glob;
 mod resource;
 mod srv;
 mod template;
@@ -66,6 +67,30 @@ pub struct RenderArgs {
     /// Longest delay between retries.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub retry_max: Duration,
+
+    /// A template may run this many engine steps per render, then fails
+    /// (a loop over a huge `seq` or a runaway recursion cannot hang the
+    /// daemon).
+    #[arg(long, default_value_t = 50_000_000)]
+    pub max_render_steps: u64,
+
+    /// Largest file a template may render, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_output_bytes: usize,
+
+    /// Time limit of one render.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub render_timeout: Duration,
+}
+
+impl RenderArgs {
+    fn limits(&self) -> template::Limits {
+        template::Limits {
+            steps: self.max_render_steps,
+            output_bytes: self.max_output_bytes,
+            time: self.render_timeout,
+        }
+    }
 }
 
 /// Where one resource stands.
@@ -116,8 +141,12 @@ pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
             })
             .collect();
         if !due.is_empty() {
-            batch(&resources, &mut states, &due, &live, mode, &args).await;
-            continue;
+            // SIGTERM ends a render or command at once: nothing is
+            // installed after it (a staged file is removed as it drops).
+            tokio::select! {
+                _ = batch(&resources, &mut states, &due, &live, mode, &args) => continue,
+                () = stop.wait() => return Ok(()),
+            }
         }
         let next = (0..resources.len())
             .filter_map(|i| next_due(&states[i], wait_of(&resources[i], &args)))
@@ -208,7 +237,7 @@ async fn batch(
     for &i in due {
         let (resource, state) = (&resources[i], &mut states[i]);
         state.dirty = None;
-        match apply::install(resource, &keys, mode, args.command_timeout).await {
+        match apply::install(resource, &keys, mode, args.command_timeout, args.limits()).await {
             Ok(changed) => state.needs_reload |= changed && mode == Mode::Write,
             Err(error) => {
                 tracing::error!(resource = %resource.name, %error, "not rendered; the old file stays");

@@ -59,8 +59,9 @@ impl Scope {
             .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
-    /// Keys matching a glob pattern (`*` and `?` within one segment).
+    /// Keys matching a glob pattern (Go's path.Match, as confd's).
     fn matching(&self, pattern: &str) -> Result<Vec<(String, String)>, JinjaError> {
+        super::glob::check(pattern).map_err(|e| fail(format!("pattern {pattern:?}: {e}")))?;
         let literal = &pattern[..pattern.find(['*', '?', '[']).unwrap_or(pattern.len())];
         let full_literal = full_key(&self.prefix, literal);
         let scope = full_literal.rsplit_once('/').map_or("", |(dir, _)| dir);
@@ -76,7 +77,7 @@ impl Scope {
             .keys
             .range(full_literal.clone()..)
             .take_while(|(k, _)| k.starts_with(&full_literal))
-            .filter(|(k, _)| glob(&full_pattern, k))
+            .filter(|(k, _)| super::glob::matches(&full_pattern, k) == Ok(true))
             .filter(|(k, _)| self.allowed.iter().any(|a| covers(a, k)))
             .map(|(k, v)| {
                 (
@@ -112,20 +113,6 @@ impl Scope {
     }
 }
 
-/// Go's path.Match for the common cases: `*` and `?` do not cross `/`.
-fn glob(pattern: &str, text: &str) -> bool {
-    fn go(p: &[u8], t: &[u8]) -> bool {
-        match (p.first(), t.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], t) || (!t.is_empty() && t[0] != b'/' && go(p, &t[1..])),
-            (Some(b'?'), Some(&c)) if c != b'/' => go(&p[1..], &t[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
-            _ => false,
-        }
-    }
-    go(pattern.as_bytes(), text.as_bytes())
-}
-
 fn kv(key: &str, value: &str) -> Value {
     let map: BTreeMap<&str, &str> = [
         ("Key", key),
@@ -137,8 +124,76 @@ fn kv(key: &str, value: &str) -> Value {
     Value::from_serialize(map)
 }
 
+/// What one render may cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Engine steps (minijinja's fuel).
+    pub steps: u64,
+    /// Bytes of output.
+    pub output_bytes: usize,
+    /// Time, on a thread of its own.
+    pub time: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            steps: 50_000_000,
+            output_bytes: 64 << 20,
+            time: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// Most numbers one `seq` may make.
+const MAX_SEQ: i64 = 1_000_000;
+
+/// Renders on a blocking thread within the limits; the daemon's own tasks
+/// (signals, the watch) go on meanwhile. A render past its time limit is
+/// reported and abandoned (its steps are bounded, so the thread ends).
+pub async fn render_within(
+    resource: &Resource,
+    keys: &Arc<Keys>,
+    limits: Limits,
+) -> Result<String, Error> {
+    let (resource, keys) = (resource.clone(), Arc::clone(keys));
+    let name = resource.template.display().to_string();
+    let task = tokio::task::spawn_blocking(move || render(&resource, &keys, limits));
+    match tokio::time::timeout(limits.time, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => Err(msg(format!("template {name}: the render failed: {panic}"))),
+        Err(_) => Err(msg(format!(
+            "template {name}: the render took longer than {:?}; not installed",
+            limits.time
+        ))),
+    }
+}
+
+/// Output that stops at a size limit.
+struct Bounded {
+    out: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            return Err(std::io::Error::other(format!(
+                "the output is larger than {} bytes",
+                self.limit
+            )));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Renders a resource's template with the keys as they are now.
-pub fn render(resource: &Resource, keys: &Arc<Keys>) -> Result<String, Error> {
+pub fn render(resource: &Resource, keys: &Arc<Keys>, limits: Limits) -> Result<String, Error> {
     let source = std::fs::read_to_string(&resource.template).map_err(|e| {
         msg(format!(
             "cannot read template {}: {e}",
@@ -165,6 +220,7 @@ pub fn render(resource: &Resource, keys: &Arc<Keys>) -> Result<String, Error> {
         }
     }
     let mut env = Environment::new();
+    env.set_fuel(Some(limits.steps));
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     // A config file keeps its last newline (Jinja drops it by default).
     env.set_keep_trailing_newline(true);
@@ -179,7 +235,11 @@ pub fn render(resource: &Resource, keys: &Arc<Keys>) -> Result<String, Error> {
     env.add_template_owned("template", source)
         .map_err(|e| msg(format!("template {}: {e}", resource.template.display())))?;
     let template = env.get_template("template").expect("just added");
-    template.render(()).map_err(|e| {
+    let mut out = Bounded {
+        out: Vec::new(),
+        limit: limits.output_bytes,
+    };
+    template.render_captured_to((), &mut out).map_err(|e| {
         let mut text = format!("template {}: {e}", resource.template.display());
         let mut source = std::error::Error::source(&e);
         while let Some(cause) = source {
@@ -187,6 +247,12 @@ pub fn render(resource: &Resource, keys: &Arc<Keys>) -> Result<String, Error> {
             source = cause.source();
         }
         msg(text)
+    })?;
+    String::from_utf8(out.out).map_err(|e| {
+        msg(format!(
+            "template {}: the output is not UTF-8: {e}",
+            resource.template.display()
+        ))
     })
 }
 
@@ -330,14 +396,27 @@ fn register(env: &mut Environment<'static>, scope: Arc<Scope>) {
     env.add_function("mod", |a: i64, b: i64| -> Result<i64, JinjaError> {
         a.checked_rem(b).ok_or_else(|| fail("mod by zero".into()))
     });
-    env.add_function("seq", |first: i64, last: i64| -> Vec<i64> {
-        (first..=last).collect()
-    });
+    env.add_function(
+        "seq",
+        |first: i64, last: i64| -> Result<Vec<i64>, JinjaError> {
+            let count = last.saturating_sub(first).saturating_add(1);
+            if count > MAX_SEQ {
+                return Err(fail(format!(
+                    "seq({first}, {last}) would make {count} numbers, more than {MAX_SEQ}"
+                )));
+            }
+            Ok((first..=last).collect())
+        },
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn render_default(resource: &Resource, keys: &Arc<Keys>) -> Result<String, Error> {
+        render(resource, keys, Limits::default())
+    }
     use crate::atomic::Target;
 
     fn resource(dir: &std::path::Path, template: &str, keys: &[&str]) -> Resource {
@@ -382,7 +461,7 @@ mod tests {
             {{ json(getv(\"/app/flags\")).beta }} {{ jsonArray(getv(\"/app/list\"))[1] }} {{ toUpper(\"a\") }}{{ toLower(\"B\") }} \
             {{ split(\"a:b\", \":\")[1] }} {{ replace(\"aaa\", \"a\", \"b\", 2) }} {{ add(atoi(\"40\"), 2) }} {{ parseBool(\"true\") }} {{ dir(\"/a/b/c\") }}";
         let r = resource(dir.path(), template, &["/services", "/app"]);
-        let out = render(&r, &data).unwrap();
+        let out = render_default(&r, &data).unwrap();
         assert_eq!(
             out,
             "server 10.0.0.1:80; # a\nserver 10.0.0.2:80; # b\nSHOP dflt true\ndb,web x 2\ntrue y Ab b bba 42 true /a/b"
@@ -393,7 +472,7 @@ mod tests {
     fn reading_outside_the_keys_or_a_missing_key_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let data = keys(&[("/prod/app/name", "shop"), ("/prod/secret/pw", "x")]);
-        let outside = render(
+        let outside = render_default(
             &resource(dir.path(), "{{ getv(\"/secret/pw\") }}", &["/app"]),
             &data,
         )
@@ -403,18 +482,18 @@ mod tests {
             outside.contains("reads /secret/pw") && outside.contains("not in the resource's keys"),
             "{outside}"
         );
-        let missing = render(
+        let missing = render_default(
             &resource(dir.path(), "{{ getv(\"/app/port\") }}", &["/app"]),
             &data,
         )
         .unwrap_err()
         .to_string();
         assert!(missing.contains("/app/port does not exist"), "{missing}");
-        let undefined = render(&resource(dir.path(), "{{ nope }}", &["/app"]), &data)
+        let undefined = render_default(&resource(dir.path(), "{{ nope }}", &["/app"]), &data)
             .unwrap_err()
             .to_string();
         assert!(undefined.contains("undefined"), "{undefined}");
-        let syntax = render(&resource(dir.path(), "{% for %}", &["/app"]), &data)
+        let syntax = render_default(&resource(dir.path(), "{% for %}", &["/app"]), &data)
             .unwrap_err()
             .to_string();
         assert!(syntax.contains("t.tmpl"), "{syntax}");
@@ -429,18 +508,10 @@ mod tests {
             &["/up"],
         );
         r.min_keys = Some(1);
-        let error = render(&r, &keys(&[])).unwrap_err().to_string();
+        let error = render_default(&r, &keys(&[])).unwrap_err().to_string();
         assert!(error.contains("min_keys"), "{error}");
-        assert!(render(&r, &keys(&[("/prod/up/a", "1.2.3.4")]))
+        assert!(render_default(&r, &keys(&[("/prod/up/a", "1.2.3.4")]))
             .unwrap()
             .contains("server 1.2.3.4;"));
-    }
-
-    #[test]
-    fn glob_stays_within_a_segment() {
-        assert!(glob("/a/*", "/a/b"));
-        assert!(!glob("/a/*", "/a/b/c"));
-        assert!(glob("/a/*/c", "/a/b/c"));
-        assert!(glob("/a/b?", "/a/bx"));
     }
 }

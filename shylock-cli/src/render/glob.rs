@@ -42,7 +42,7 @@ pub fn matches(pattern: &str, name: &str) -> Result<bool, BadPattern> {
             while i < name.len() && name[i] != '/' {
                 if let Some(t) = match_chunk(chunk, &name[i + 1..])? {
                     // The last chunk must use up the name.
-                    if !(after.is_empty() && !t.is_empty()) {
+                    if !after.is_empty() || t.is_empty() {
                         name = t;
                         rest = after;
                         continue 'pattern;
@@ -81,13 +81,9 @@ fn scan_chunk(pattern: &[char]) -> (bool, &[char], &[char]) {
     let mut i = 0;
     while i < pattern.len() {
         match pattern[i] {
-            '\\' => {
-                // The next character is literal (a lone \ at the end is an
-                // error that match_chunk reports).
-                if i + 1 < pattern.len() {
-                    i += 1;
-                }
-            }
+            // The next character is literal (a lone \ at the end is an
+            // error that match_chunk reports).
+            '\\' if i + 1 < pattern.len() => i += 1,
             '[' => in_range = true,
             ']' => in_range = false,
             '*' if !in_range => break,

@@ -415,7 +415,18 @@ async fn odd_keys_are_escaped_and_none_is_invisible() {
         fs::read_to_string(mount.file(&shortened[0])).unwrap(),
         "value 5"
     );
-    mount.stop();
+    // etcd allows any bytes in a key; one that is not UTF-8 is not shown,
+    // and the log says which (as the README says).
+    let mut raw = format!("{p}/bad-").into_bytes();
+    raw.extend_from_slice(&[0xff, 0xfe]);
+    etcd.put(raw, "x", None).await.unwrap();
+    put(&mut etcd, &format!("{p}/after"), "seen").await;
+    wait_until("the key after it", || mount.file("after").exists());
+    let log = mount.stop_logged();
+    assert!(
+        log.contains("not UTF-8") && log.contains("bad-"),
+        "the skipped key is named in the log:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,24 +8,11 @@
 mod support;
 
 use std::fs;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use shylock::testing::GrpcProxy;
 use support::*;
-
-fn daemon(endpoint: &str, args: &[&str], log: &std::path::Path) -> Daemon {
-    Daemon(
-        shylock()
-            .args(["--endpoints", endpoint])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mount_export_sync_and_render_work_through_the_proxy() {
@@ -40,7 +27,7 @@ async fn mount_export_sync_and_render_work_through_the_proxy() {
     let mount = Mount::start(&ep, "/m", &[]);
     let export = dir.path().join("e.json");
     let synced = dir.path().join("synced");
-    let _export = daemon(
+    let _export = Daemon::spawn(
         &ep,
         &[
             "export",
@@ -51,7 +38,7 @@ async fn mount_export_sync_and_render_work_through_the_proxy() {
         ],
         &dir.path().join("export.log"),
     );
-    let _sync = daemon(
+    let _sync = Daemon::spawn(
         &ep,
         &["sync", "/s", &synced.to_string_lossy(), "--watch"],
         &dir.path().join("sync.log"),

@@ -49,18 +49,6 @@ impl Drop for TinyDisk {
     }
 }
 
-fn daemon(endpoint: &str, args: &[&str], log: &Path) -> Daemon {
-    Daemon(
-        shylock()
-            .args(["--endpoints", endpoint])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap(),
-    )
-}
-
 /// The `..v*` version directories in a synced directory.
 fn versions(dir: &Path) -> Vec<String> {
     ls(dir)
@@ -80,7 +68,7 @@ async fn sync_on_a_full_disk_keeps_its_version_and_converges_when_space_returns(
     let out = disk.path.join("out");
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("sync.log");
-    let child = daemon(
+    let child = Daemon::spawn(
         &ep,
         &[
             "sync",
@@ -143,7 +131,7 @@ async fn export_watch_survives_a_full_disk_at_start_and_writes_once_space_return
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("export.log");
     let key = format!("{p}/value");
-    let mut child = daemon(
+    let mut child = Daemon::spawn(
         &ep,
         &[
             "export",

@@ -150,14 +150,7 @@ impl View {
                     return; // Already applied (a write of this mount).
                 }
                 self.retire(key);
-                self.new_files.remove(key);
-                self.forget_local_dirs_above(key);
-                let value = Value {
-                    bytes: bytes.into(),
-                    revision,
-                    changed: SystemTime::now(),
-                };
-                self.keys.insert(key.to_owned(), value);
+                self.store(key, bytes, revision);
             }
             None => {
                 self.retire(key);
@@ -180,6 +173,11 @@ impl View {
         }
         self.inodes.insert(Node::File(key.to_owned()), ino);
         self.nodes.insert(ino, Node::File(key.to_owned()));
+        self.store(key, bytes, revision);
+    }
+
+    /// Holds a key's new value (no longer a created file or a local dir).
+    fn store(&mut self, key: &str, bytes: Vec<u8>, revision: i64) {
         self.new_files.remove(key);
         self.forget_local_dirs_above(key);
         let value = Value {

@@ -211,6 +211,19 @@ impl Drop for Mount {
 pub struct Daemon(pub Child);
 
 impl Daemon {
+    /// Runs `shylock --endpoints endpoint ARGS`, its stderr into `log`.
+    pub fn spawn(endpoint: &str, args: &[&str], log: &Path) -> Daemon {
+        Daemon(
+            shylock()
+                .args(["--endpoints", endpoint])
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     pub fn id(&self) -> u32 {
         self.0.id()
     }

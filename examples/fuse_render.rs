@@ -186,6 +186,7 @@ pub async fn fuse(server: &EtcdServer) -> Vec<Row> {
     });
     stop(mount);
     let _ = std::fs::remove_dir_all(&tmpfs);
+    let _ = std::fs::remove_dir(&mountpoint);
     rows
 }
 

@@ -64,8 +64,8 @@ impl Target {
         };
         let wanted = self.wanted(Some(&meta));
         meta.mode() & 0o7777 == wanted.mode
-            && wanted.uid.is_none_or_eq(meta.uid())
-            && wanted.gid.is_none_or_eq(meta.gid())
+            && wanted.uid.is_none_or(|uid| uid == meta.uid())
+            && wanted.gid.is_none_or(|gid| gid == meta.gid())
             && meta.len() == content.len() as u64
             && fs::read(&self.path).is_ok_and(|current| current == content)
     }
@@ -124,22 +124,19 @@ impl Staged {
             .install()
             .map_err(|e| msg(format!("{target} not replaced: {e}")))
     }
+
+    /// Leaves the staged file in place, for inspection; returns its path.
+    pub fn keep(self) -> Result<PathBuf, Error> {
+        self.0
+            .keep()
+            .map_err(|e| msg(format!("cannot keep the staged file: {e}")))
+    }
 }
 
 pub fn sync_dir(dir: &Path) -> Result<(), Error> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| msg(format!("cannot fsync directory {}: {e}", dir.display())))
-}
-
-trait NoneOrEq {
-    fn is_none_or_eq(&self, value: u32) -> bool;
-}
-
-impl NoneOrEq for Option<u32> {
-    fn is_none_or_eq(&self, value: u32) -> bool {
-        self.map_or(true, |v| v == value)
-    }
 }
 
 #[cfg(test)]

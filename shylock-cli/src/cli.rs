@@ -34,7 +34,7 @@ pub enum Command {
     Import(crate::import::ImportArgs),
     /// Render confd-style template resources (conf.d/*.toml, templates/)
     /// into files, with check and reload commands; keep them current.
-    Render(crate::render::RenderArgs),
+    Render(Box<crate::render::RenderArgs>),
 }
 
 /// How writes through the mount treat a concurrent change of the same key.
@@ -96,7 +96,7 @@ impl Cli {
             Command::Export(args) => crate::export::run(&self.connect, args).await,
             Command::Sync(args) => crate::sync::run(&self.connect, args).await,
             Command::Import(args) => crate::import::run(&self.connect, args).await,
-            Command::Render(args) => crate::render::run(&self.connect, args).await,
+            Command::Render(args) => crate::render::run(&self.connect, *args).await,
         }
     }
 }

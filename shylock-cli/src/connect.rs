@@ -13,7 +13,7 @@ use crate::exit::{msg, Error};
 /// The config file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG: &str = "/etc/shylock/shylock.toml";
 
-#[derive(Debug, Default, clap::Args)]
+#[derive(Clone, Default, clap::Args)]
 pub struct ConnectArgs {
     /// etcd endpoints, comma-separated [env: SHYLOCK_ENDPOINTS, ETCDCTL_ENDPOINTS,
     /// ETC_HOSTS] [default: http://127.0.0.1:2379]
@@ -51,8 +51,29 @@ pub struct ConnectArgs {
     pub config: Option<PathBuf>,
 }
 
+/// Secrets stay out of `Debug` output: the password, and one given as
+/// `--user name:password`.
+impl std::fmt::Debug for ConnectArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user = self
+            .user
+            .as_deref()
+            .map(|u| u.split_once(':').map_or(u, |(name, _)| name));
+        f.debug_struct("ConnectArgs")
+            .field("endpoints", &self.endpoints)
+            .field("cacert", &self.cacert)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("user", &user)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("dial_timeout", &self.dial_timeout)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
 /// The config file: the same options, by their flag names.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct ConfigFile {
     endpoints: Option<Vec<String>>,
@@ -209,5 +230,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("nope.toml"));
+    }
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        let args = ConnectArgs {
+            user: Some("root:pw-in-user".into()),
+            password: Some("pw-flag".into()),
+            ..ConnectArgs::default()
+        };
+        let shown = format!("{args:?}");
+        assert!(
+            !shown.contains("pw-in-user") && !shown.contains("pw-flag") && shown.contains("root"),
+            "{shown}"
+        );
     }
 }

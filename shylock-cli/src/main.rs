@@ -9,6 +9,7 @@ mod exit;
 mod export;
 mod import;
 mod live_keys;
+mod logging;
 mod mount;
 mod names;
 mod render;
@@ -18,16 +19,13 @@ mod sync;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SHYLOCK_LOG")
-                .unwrap_or_else(|_| "shylock=info,warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour for a person at a terminal; plain text for files and journald.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // confd's single-dash flags after `render` (`-onetime`, `-node x`).
+    let argv = match render::confd_argv(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(error) => return exit::report(&exit::msg(error)),
+    };
+    let cli = cli::Cli::parse_from(argv);
+    logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

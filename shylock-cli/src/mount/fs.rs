@@ -427,7 +427,7 @@ impl EtcdFs {
         let (mode, uid, gid) = owner;
         // Modes and owners are the mount's (--uid, --gid, --umask): a change
         // is refused, not pretended; setting what is already there is fine.
-        let same_mode = mode.map_or(true, |m| m & 0o7777 == u32::from(current.perm));
+        let same_mode = mode.is_none_or(|m| m & 0o7777 == u32::from(current.perm));
         if !same_mode
             || uid.is_some_and(|u| u != current.uid)
             || gid.is_some_and(|g| g != current.gid)

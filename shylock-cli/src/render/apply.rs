@@ -1,12 +1,10 @@
 //! One resource, once: render, stage next to the destination, run the
 //! check command against the staged file, install atomically.
 
-use std::time::Duration;
-
 use super::resource::Resource;
-use super::template;
+use super::{template, RenderArgs};
 use crate::command;
-use crate::exit::Error;
+use crate::exit::{msg, Error};
 use crate::live_keys::Keys;
 
 /// What a pass does with rendered content.
@@ -26,30 +24,51 @@ pub async fn install(
     resource: &Resource,
     keys: &std::sync::Arc<Keys>,
     mode: Mode,
-    timeout: Duration,
-    limits: template::Limits,
+    args: &RenderArgs,
 ) -> Result<bool, Error> {
     tracing::debug!(resource = %resource.name, "rendering");
-    let content = template::render_within(resource, keys, limits).await?;
+    let content = template::render_within(resource, keys, args.limits()).await?;
     let target = &resource.target;
     if target.is_current(content.as_bytes()) {
         return Ok(false);
     }
     if mode == Mode::Noop {
         print_diff(resource, &content);
+        if args.keep_stage_file {
+            let kept = target.stage(content.as_bytes())?.keep()?;
+            tracing::info!(resource = %resource.name, staged = %kept.display(), "keeping the staged file");
+        }
         return Ok(false);
     }
     let staged = target.stage(content.as_bytes())?;
     if let (Mode::Write, Some(check)) = (mode, &resource.check_cmd) {
-        let src = staged.path().display().to_string();
-        let script = ["{{.src}}", "{{ .src }}", "{{src}}", "{{ src }}"]
-            .iter()
-            .fold(check.clone(), |script, token| script.replace(token, &src));
-        command::run("check_cmd", &script, timeout).await?;
+        let script = check_script(check, &staged.path().display().to_string())?;
+        if let Err(error) = command::run("check_cmd", &script, args.command_timeout).await {
+            if args.keep_stage_file {
+                let kept = staged.keep()?;
+                tracing::info!(resource = %resource.name, staged = %kept.display(), "keeping the staged file");
+            }
+            return Err(error);
+        }
     }
     staged.install()?;
     tracing::info!(resource = %resource.name, dest = %target.path.display(), "written");
     Ok(true)
+}
+
+/// confd renders `check_cmd` as a Go template with `.src`, the staged
+/// file's path (`{{.src}}`, `{{ .src }}`, any spacing or trim marker).
+pub fn check_script(check: &str, src: &str) -> Result<String, Error> {
+    let mut data = std::collections::BTreeMap::new();
+    data.insert("src".to_owned(), gotmpl::Value::from(src));
+    let template = gotmpl::Template::new("check_cmd")
+        .parse(check)
+        .map_err(|e| msg(format!("check_cmd {check:?}: {e}")))?;
+    let mut out = Vec::new();
+    template
+        .execute(&mut out, &gotmpl::Value::from(data))
+        .map_err(|e| msg(format!("check_cmd {check:?}: {e}")))?;
+    String::from_utf8(out).map_err(|e| msg(format!("check_cmd {check:?}: {e}")))
 }
 
 /// `--noop`: a unified diff of the file, and mode or owner changes.

@@ -5,11 +5,22 @@
 //! as one batch in which resources sharing a `reload_cmd` reload once. A
 //! failed render, check or reload is retried with backoff until it succeeds
 //! or the keys change again. SIGHUP re-reads the confdir.
+//!
+//! confd's confdirs, templates, flags and confd.toml are read unchanged
+//! (`confd_config`); `--check-confd` reports what would not work before a
+//! switch (`check`).
 
 mod apply;
+mod check;
+mod confd;
+mod confd_config;
 mod glob;
+mod gotemplate;
+mod gotime;
+mod jinja;
 mod resource;
 mod srv;
+mod store;
 mod template;
 
 use std::collections::BTreeMap;
@@ -22,13 +33,22 @@ use crate::connect::ConnectArgs;
 use crate::exit::{msg, Error};
 use crate::live_keys::LiveKeys;
 pub use apply::Mode;
+pub use confd_config::confd_argv;
+use confd_config::Settings;
 use resource::{Resource, Wait};
 
-#[derive(Debug, clap::Args)]
+/// confd's flags are accepted as confd spells them (`-onetime`, `-node x`,
+/// `-prefix=/p`), with confd's meanings.
+#[derive(Clone, Debug, clap::Args)]
 pub struct RenderArgs {
-    /// The directory holding conf.d/*.toml resources and templates/.
-    #[arg(long, default_value = "/etc/shylock")]
-    pub confdir: PathBuf,
+    /// The directory holding conf.d/**/*.toml resources and templates/
+    /// [default: confdir in confd.toml, else /etc/shylock].
+    #[arg(long)]
+    pub confdir: Option<PathBuf>,
+
+    /// confd's config file [default: <confdir>/confd.toml, if it exists].
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
 
     /// Render every resource once, run checks and reloads, and exit; the exit
     /// status is non-zero if any resource failed.
@@ -43,9 +63,61 @@ pub struct RenderArgs {
     #[arg(long)]
     pub sync_only: bool,
 
-    /// A prefix put before every resource's own prefix.
-    #[arg(long, default_value = "")]
-    pub prefix: String,
+    /// confd's key prefix: replaces every resource's own `prefix`.
+    #[arg(long)]
+    pub prefix: Option<String>,
+
+    /// Follow changes (confd's -watch). shylock always watches; this also
+    /// turns off -interval's periodic renders.
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Without --watch: render every resource again this often, in
+    /// seconds, besides on every change (confd polls at this interval).
+    #[arg(long, value_name = "SECONDS")]
+    pub interval: Option<u64>,
+
+    /// Leave the staged file in place when a check fails, and with
+    /// --noop write it (confd's -keep-stage-file).
+    #[arg(long)]
+    pub keep_stage_file: bool,
+
+    /// Log level: debug, info, warn, error (SHYLOCK_LOG, when set, wins).
+    #[arg(long)]
+    pub log_level: Option<String>,
+
+    /// confd's backend: "etcdv3" or "etcd" (both etcd's v3 API, as in
+    /// confd); any other is an error.
+    #[arg(long)]
+    pub backend: Option<String>,
+
+    /// Find the etcd endpoints from DNS SRV records of
+    /// _<backend>._tcp.<domain>.
+    #[arg(long)]
+    pub srv_domain: Option<String>,
+
+    /// Find the etcd endpoints from this SRV record.
+    #[arg(long)]
+    pub srv_record: Option<String>,
+
+    /// Scheme of endpoints found through SRV records: http or https.
+    #[arg(long)]
+    pub scheme: Option<String>,
+
+    /// Accepted for confd's command lines; the user and password are used
+    /// whenever they are given.
+    #[arg(long)]
+    pub basic_auth: bool,
+
+    /// Reading a key outside a resource's `keys` is an error in every
+    /// resource (as `strict = true` makes it in one), not a warning.
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Check a confd confdir without connecting to etcd: parse every
+    /// resource and template and report what would not work.
+    #[arg(long, value_name = "CONFDIR")]
+    pub check_confd: Option<PathBuf>,
 
     /// Quiescence before rendering, for resources without their own `wait`:
     /// this long after the last change ...
@@ -105,17 +177,21 @@ struct State {
 }
 
 pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
-    let mode = match (args.noop, args.sync_only) {
+    if let Some(confdir) = &args.check_confd {
+        return check::run(confdir, &args);
+    }
+    let settings = confd_config::settings(connect, &args)?;
+    let mode = match (settings.noop, settings.sync_only) {
         (true, _) => Mode::Noop,
         (false, true) => Mode::SyncOnly,
         (false, false) => Mode::Write,
     };
-    let mut resources = resource::load(&args.confdir, &args.prefix)?;
-    let client = shylock::Client::connect(connect.options()?).await?;
+    let mut resources = load(&settings, &args)?;
+    let client = shylock::Client::connect(settings.connect.options()?).await?;
     let mut live = LiveKeys::follow_many(&client, &watched(&resources), true).await?;
     let mut states: Vec<State> = resources.iter().map(|_| State::default()).collect();
 
-    if args.onetime || args.noop {
+    if args.onetime || settings.noop {
         let all: Vec<usize> = (0..resources.len()).collect();
         let failed = batch(&resources, &mut states, &all, &live, mode, &args).await;
         return match failed {
@@ -133,6 +209,10 @@ pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
     for state in &mut states {
         state.dirty = Some((now, now));
     }
+    // confd's -interval: every resource again this often.
+    let mut poll = settings
+        .interval
+        .map(|every| tokio::time::interval_at(now + every, every));
     loop {
         let now = Instant::now();
         let due: Vec<usize> = (0..resources.len())
@@ -157,6 +237,12 @@ pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
                 None => std::future::pending().await,
             }
         };
+        let tick = async {
+            match &mut poll {
+                Some(poll) => poll.tick().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             changed = live.changed() => {
                 let keys = changed.ok_or_else(|| msg("the watch ended"))?;
@@ -171,7 +257,12 @@ pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
                 }
             }
             () = sleep => {}
-            _ = hangup.recv() => match resource::load(&args.confdir, &args.prefix) {
+            now = tick => {
+                for state in &mut states {
+                    state.dirty.get_or_insert((now, now));
+                }
+            }
+            _ = hangup.recv() => match load(&settings, &args) {
                 Ok(new) => {
                     tracing::info!(resources = new.len(), "SIGHUP: confdir re-read");
                     if watched(&new) != watched(&resources) {
@@ -186,6 +277,15 @@ pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
             () = stop.wait() => return Ok(()),
         }
     }
+}
+
+/// The confdir's resources, as the settings and flags apply to them.
+fn load(settings: &Settings, args: &RenderArgs) -> Result<Vec<Resource>, Error> {
+    let mut resources = resource::load(&settings.confdir, settings.global_prefix())?;
+    for resource in &mut resources {
+        resource.strict |= args.strict;
+    }
+    Ok(resources)
 }
 
 /// Every full prefix watched, without ones another covers.
@@ -237,7 +337,7 @@ async fn batch(
     for &i in due {
         let (resource, state) = (&resources[i], &mut states[i]);
         state.dirty = None;
-        match apply::install(resource, &keys, mode, args.command_timeout, args.limits()).await {
+        match apply::install(resource, &keys, mode, args).await {
             Ok(changed) => state.needs_reload |= changed && mode == Mode::Write,
             Err(error) => {
                 tracing::error!(resource = %resource.name, %error, "not rendered; the old file stays");

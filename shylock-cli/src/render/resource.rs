@@ -1,5 +1,6 @@
-//! Template resources: confd's `conf.d/*.toml` files, read unchanged, with
-//! an unknown field refused by name.
+//! Template resources: confd's `conf.d/**/*.toml` files, read unchanged
+//! (field names in any case, as confd's TOML decoder matches them), with an
+//! unknown field refused by name.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::template::Engine;
 use crate::atomic::Target;
 use crate::command::parse_mode;
 use crate::exit::{msg, Error};
@@ -17,7 +19,7 @@ struct ResourceFile {
     template: Fields,
 }
 
-/// confd's fields, plus `min_keys` and `wait`.
+/// confd's fields, plus `engine`, `strict`, `min_keys` and `wait`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Fields {
@@ -33,6 +35,11 @@ struct Fields {
     gid: Option<u32>,
     check_cmd: Option<String>,
     reload_cmd: Option<String>,
+    /// "go" (the default) or "jinja" (also chosen by a `.j2` template).
+    engine: Option<String>,
+    /// Reading a key outside `keys` is an error, not a warning.
+    #[serde(default)]
+    strict: bool,
     /// Refuse to render while fewer keys than this exist under `keys`.
     min_keys: Option<usize>,
     wait: Option<WaitFields>,
@@ -68,6 +75,9 @@ pub struct Resource {
     pub reload_cmd: Option<String>,
     pub min_keys: Option<usize>,
     pub wait: Option<Wait>,
+    pub engine: Engine,
+    /// Reading a key outside `scopes` is an error (a warning otherwise).
+    pub strict: bool,
 }
 
 impl Resource {
@@ -101,15 +111,29 @@ pub fn covers(scope: &str, key: &str) -> bool {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// Reads every `conf.d/*.toml` of a confdir. `global_prefix` comes before
-/// each resource's own prefix (it does not replace it, as it does in confd).
-pub fn load(confdir: &Path, global_prefix: &str) -> Result<Vec<Resource>, Error> {
+/// How the command line's `-prefix` applies to resources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GlobalPrefix<'a> {
+    /// None given: each resource's own prefix.
+    None,
+    /// confd's `-prefix`: replaces every resource's own prefix.
+    Replace(&'a str),
+}
+
+/// Reads every `*.toml` under a confdir's `conf.d`, subdirectories
+/// included (as confd does), in path order.
+pub fn load(confdir: &Path, prefix: GlobalPrefix<'_>) -> Result<Vec<Resource>, Error> {
+    files(confdir)?
+        .iter()
+        .map(|file| parse(confdir, file, prefix))
+        .collect()
+}
+
+/// The resource files of a confdir, in path order; none is an error.
+pub fn files(confdir: &Path) -> Result<Vec<PathBuf>, Error> {
     let dir = confdir.join("conf.d");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|e| msg(format!("cannot read {}: {e}", dir.display())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
+    let mut files = Vec::new();
+    find_toml(&dir, &mut files)?;
     files.sort();
     if files.is_empty() {
         return Err(msg(format!(
@@ -117,21 +141,53 @@ pub fn load(confdir: &Path, global_prefix: &str) -> Result<Vec<Resource>, Error>
             dir.display()
         )));
     }
-    files
-        .iter()
-        .map(|file| parse(confdir, file, global_prefix))
-        .collect()
+    Ok(files)
 }
 
-fn parse(confdir: &Path, file: &Path, global_prefix: &str) -> Result<Resource, Error> {
+/// The `*.toml` files under `dir`, recursively (symbolic links followed,
+/// as confd's walk does for the files it finds).
+fn find_toml(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), Error> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| msg(format!("cannot read {}: {e}", dir.display())))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| msg(format!("cannot read {}: {e}", dir.display())))?
+            .path();
+        if path.is_dir() {
+            find_toml(&path, files)?;
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// confd's TOML decoder matches field names case-insensitively (`Src`,
+/// `Dest`, `Keys` are common in the wild): names are lowercased first.
+fn lowercase_names(value: toml::Value) -> toml::Value {
+    match value {
+        toml::Value::Table(table) => toml::Value::Table(
+            table
+                .into_iter()
+                .map(|(k, v)| (k.to_lowercase(), lowercase_names(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// One resource file.
+pub fn parse(confdir: &Path, file: &Path, global: GlobalPrefix<'_>) -> Result<Resource, Error> {
+    let conf_d = confdir.join("conf.d");
     let name = file
-        .file_name()
-        .unwrap_or_default()
+        .strip_prefix(&conf_d)
+        .unwrap_or(file)
         .to_string_lossy()
         .into_owned();
     let err = |e: String| msg(format!("template resource {}: {e}", file.display()));
     let text = std::fs::read_to_string(file).map_err(|e| err(e.to_string()))?;
-    let fields = toml::from_str::<ResourceFile>(&text)
+    let value: toml::Value = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let fields = ResourceFile::deserialize(lowercase_names(value))
         .map_err(|e| err(e.message().to_owned()))?
         .template;
     // Without `mode`, an existing file keeps its own (as confd does).
@@ -168,28 +224,41 @@ fn parse(confdir: &Path, file: &Path, global_prefix: &str) -> Result<Resource, E
         }
         None => None,
     };
-    let prefix = full_key(global_prefix, fields.prefix.as_deref().unwrap_or(""));
-    let prefix = prefix.trim_end_matches('/').to_owned();
-    if fields.keys.is_empty() {
-        return Err(err(
-            "`keys` is empty: list the keys or prefixes the template reads".into(),
-        ));
+    // confd: the command line's prefix replaces the resource's; either is
+    // rooted at `/`.
+    let prefix = match global {
+        GlobalPrefix::Replace(prefix) => prefix,
+        GlobalPrefix::None => fields.prefix.as_deref().unwrap_or(""),
+    };
+    let prefix = full_key("", prefix).trim_end_matches('/').to_owned();
+    if fields.src.is_empty() {
+        return Err(err("`src` is empty: name the template".into()));
     }
+    let template = confdir.join("templates").join(&fields.src);
+    let engine = Engine::choose(fields.engine.as_deref(), &template).map_err(err)?;
     Ok(Resource {
         name,
-        template: confdir.join("templates").join(&fields.src),
+        template,
         target: Target {
             path: fields.dest,
             mode,
             uid,
             gid,
         },
-        scopes: fields.keys.iter().map(|k| full_key(&prefix, k)).collect(),
+        // confd: path.Join(prefix, key), so `/` and `/app/` name a prefix
+        // without its trailing slash.
+        scopes: fields
+            .keys
+            .iter()
+            .map(|k| super::confd::path_clean(&full_key(&prefix, k)))
+            .collect(),
         prefix,
         check_cmd: fields.check_cmd,
         reload_cmd: fields.reload_cmd,
         min_keys: fields.min_keys,
         wait,
+        engine,
+        strict: fields.strict,
     })
 }
 
@@ -247,7 +316,7 @@ check_cmd = "/usr/sbin/nginx -t -c {{.src}}"
 reload_cmd = "/usr/sbin/service nginx reload"
 "#,
         );
-        let r = &load(dir.path(), "").unwrap()[0];
+        let r = &load(dir.path(), GlobalPrefix::None).unwrap()[0];
         assert_eq!(
             (r.target.mode, r.target.uid, r.target.gid),
             (Some(0o600), Some(0), Some(0))
@@ -257,9 +326,12 @@ reload_cmd = "/usr/sbin/service nginx reload"
             ["/production/nginx", "/production/services/web"]
         );
         assert!(r.uses("/production/nginx/upstream/a") && !r.uses("/production/nginxx"));
+        assert_eq!(r.engine, Engine::Go);
+        // confd's -prefix replaces the resource's own.
+        let r = &load(dir.path(), GlobalPrefix::Replace("dc1")).unwrap()[0];
         assert_eq!(
-            load(dir.path(), "/dc1").unwrap()[0].prefix,
-            "/dc1/production"
+            (r.prefix.as_str(), &r.scopes[0][..]),
+            ("/dc1", "/dc1/nginx")
         );
     }
 
@@ -268,15 +340,47 @@ reload_cmd = "/usr/sbin/service nginx reload"
         let dir = confdir(
             "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\nchek_cmd = \"true\"\n",
         );
-        let error = load(dir.path(), "").unwrap_err().to_string();
+        let error = load(dir.path(), GlobalPrefix::None)
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("chek_cmd") && error.contains("app.toml"),
             "{error}"
         );
         let dir = confdir("[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\nowner = \"no-such-user-x\"\n");
-        assert!(load(dir.path(), "")
+        assert!(load(dir.path(), GlobalPrefix::None)
             .unwrap_err()
             .to_string()
             .contains("no-such-user-x"));
+    }
+
+    /// confd's decoder matches names in any case, walks conf.d's
+    /// subdirectories, and takes a resource without keys.
+    #[test]
+    fn confds_looser_shapes_are_read() {
+        let dir = confdir(
+            "[template]\nSrc = \"a.tmpl\"\nDest = \"/tmp/a\"\nKeys = [\"/a\"]\nMode = \"0640\"\n",
+        );
+        std::fs::create_dir_all(dir.path().join("conf.d/team/b")).unwrap();
+        std::fs::write(
+            dir.path().join("conf.d/team/b/b.toml"),
+            "[template]\nsrc = \"b.j2\"\ndest = \"/tmp/b\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("conf.d/team/notes.txt"), "not a resource").unwrap();
+        let all = load(dir.path(), GlobalPrefix::None).unwrap();
+        let names: Vec<_> = all.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["app.toml", "team/b/b.toml"]);
+        assert_eq!(
+            (all[0].target.mode, all[0].watched()),
+            (Some(0o640), &["/a".to_owned()][..])
+        );
+        assert!(all[1].watched().is_empty());
+        assert_eq!(all[1].engine, Engine::Jinja);
+        let dir = confdir("[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nengine = \"mustache\"\n");
+        let error = load(dir.path(), GlobalPrefix::None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("mustache"), "{error}");
     }
 }

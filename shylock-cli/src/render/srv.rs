@@ -1,15 +1,30 @@
 //! `lookupSRV`: a DNS SRV query over UDP to the system's nameservers
 //! (`/etc/resolv.conf`), for confd's template function of that name.
 
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use minijinja::Value;
+/// One SRV record, as Go's `net.SRV` has it: the target keeps its
+/// trailing dot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Srv {
+    pub target: String,
+    pub port: u16,
+    pub priority: u16,
+    pub weight: u16,
+}
 
-/// SRV records of `_service._proto.name`, sorted by priority and weight,
-/// as `{Target, Port, Priority, Weight}`.
-pub fn lookup(service: &str, proto: &str, name: &str) -> Result<Vec<Value>, String> {
+/// confd's `lookupSRV`: the records of `_service._proto.name`, sorted as
+/// confd sorts them (by target, port, priority and weight printed one
+/// after the other); none when the lookup fails.
+pub fn lookup_sorted(service: &str, proto: &str, name: &str) -> Vec<Srv> {
+    let mut records = lookup(service, proto, name).unwrap_or_default();
+    records.sort_by_cached_key(|r| format!("{}{}{}{}", r.target, r.port, r.priority, r.weight));
+    records
+}
+
+/// SRV records of `_service._proto.name`, in the answer's order.
+pub fn lookup(service: &str, proto: &str, name: &str) -> Result<Vec<Srv>, String> {
     let servers = nameservers();
     if servers.is_empty() {
         return Err("no nameserver in /etc/resolv.conf".into());
@@ -35,7 +50,7 @@ fn nameservers() -> Vec<SocketAddr> {
 }
 
 /// One SRV query to one server.
-pub fn query(server: SocketAddr, qname: &str) -> Result<Vec<Value>, String> {
+pub fn query(server: SocketAddr, qname: &str) -> Result<Vec<Srv>, String> {
     let bind = if server.is_ipv4() {
         "0.0.0.0:0"
     } else {
@@ -73,7 +88,7 @@ pub fn query(server: SocketAddr, qname: &str) -> Result<Vec<Value>, String> {
     parse(&buf[..len], id)
 }
 
-fn parse(msg: &[u8], id: u16) -> Result<Vec<Value>, String> {
+fn parse(msg: &[u8], id: u16) -> Result<Vec<Srv>, String> {
     let short = || "truncated DNS answer".to_string();
     if msg.len() < 12 || u16::from_be_bytes([msg[0], msg[1]]) != id {
         return Err("bad DNS answer".into());
@@ -102,22 +117,16 @@ fn parse(msg: &[u8], id: u16) -> Result<Vec<Value>, String> {
             let weight = u16::from_be_bytes([rd[2], rd[3]]);
             let port = u16::from_be_bytes([rd[4], rd[5]]);
             let target = read_name(msg, data + 6).ok_or_else(short)?;
-            records.push((priority, std::cmp::Reverse(weight), target, port));
+            records.push(Srv {
+                target: format!("{target}."),
+                port,
+                priority,
+                weight,
+            });
         }
         pos = data + rdlen;
     }
-    records.sort();
-    Ok(records
-        .into_iter()
-        .map(|(priority, weight, target, port)| {
-            let mut map = BTreeMap::new();
-            map.insert("Target", Value::from(target));
-            map.insert("Port", Value::from(port));
-            map.insert("Priority", Value::from(priority));
-            map.insert("Weight", Value::from(weight.0));
-            Value::from_serialize(map)
-        })
-        .collect())
+    Ok(records)
 }
 
 fn skip_name(msg: &[u8], mut pos: usize) -> Option<usize> {
@@ -188,15 +197,16 @@ mod tests {
         });
         let records = query(address, "_http._tcp.example").unwrap();
         responder.join().unwrap();
-        assert_eq!(records.len(), 2);
+        let srv = |target: &str, port, priority, weight| Srv {
+            target: target.into(),
+            port,
+            priority,
+            weight,
+        };
         assert_eq!(
-            records[0].get_attr("Target").unwrap().to_string(),
-            "a.example"
-        );
-        assert_eq!(records[0].get_attr("Port").unwrap().to_string(), "80");
-        assert_eq!(
-            records[1].get_attr("Target").unwrap().to_string(),
-            "b.example"
+            records,
+            [srv("b.example.", 8080, 20, 5), srv("a.example.", 80, 10, 5)],
+            "in the answer's order, targets with Go's trailing dot"
         );
     }
 }

@@ -77,6 +77,15 @@ impl Staged {
     }
 }
 
+impl Staged {
+    /// Leaves the staged copy where it is (confd's `-keep-stage-file`),
+    /// returning its path.
+    pub fn keep(self) -> io::Result<PathBuf> {
+        let (_, path) = self.file.keep().map_err(|e| e.error)?;
+        Ok(path)
+    }
+}
+
 /// The directory of `path` (`.` for a bare name).
 pub fn parent(path: &Path) -> &Path {
     path.parent()

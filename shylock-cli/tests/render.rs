@@ -122,15 +122,26 @@ async fn template_mistakes_are_clear_errors() {
     let resource = |name: &str, template: &str, extra: &str| {
         format!("[template]\nsrc = \"{template}\"\ndest = \"{}\"\nprefix = \"{p}\"\nkeys = [\"/a\"]\n{extra}", c.path(name).display())
     };
-    c.template("outside", "{{ getv(\"/b/y\") }}")
+    c.template("outside", "{{getv \"/b/y\"}}")
         .resource("outside", &resource("outside.out", "outside", ""));
+    // As in confd, a key outside the resource's keys is missing (the log
+    // says why); with --strict, reading it is the error.
     let out = c.render(&ep, &["--onetime"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("reads /b/y") && stderr.contains("not in the resource's keys"),
+        stderr.contains("key does not exist: /b/y")
+            && stderr.contains("reads /b/y, which is not in the resource's keys"),
         "{stderr}"
     );
     assert!(!c.path("outside.out").exists());
+    let out = c.render(&ep, &["--onetime", "--strict"]);
+    let strict = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && strict.contains("error calling getv: template")
+            && strict.contains("not in the resource's keys"),
+        "{strict}"
+    );
     // Regression: logs to a pipe or file carried terminal colour codes.
     assert!(
         !stderr.contains('\x1b'),
@@ -139,12 +150,12 @@ async fn template_mistakes_are_clear_errors() {
 
     let c = Confdir::new();
     c.template(
-        "t",
+        "t.j2",
         "{% for v in getvs(\"/a/empty/*\") %}server {{ v }};{% endfor %}",
     )
     .resource(
         "empty",
-        &resource("empty.out", "t", "min_keys = 1\n")
+        &resource("empty.out", "t.j2", "min_keys = 1\n")
             .replace("keys = [\"/a\"]", "keys = [\"/a/empty\"]"),
     );
     let out = c.render(&ep, &["--onetime"]);
@@ -180,10 +191,7 @@ async fn a_burst_of_1000_changes_gives_one_render_and_one_reload() {
         "reload.sh",
         &format!("echo r >> {}", c.path("reloads").display()),
     );
-    c.template(
-        "t",
-        "{% for s in gets(\"/up/*\") %}{{ s.Key }}={{ s.Value }}\n{% endfor %}",
-    );
+    c.template("t", "{{range gets \"/up/*\"}}{{.Key}}={{.Value}}\n{{end}}");
     // Two resources sharing one reload command: one reload per batch.
     for name in ["one", "two"] {
         c.resource(
@@ -306,8 +314,9 @@ async fn owner_and_group_by_name_really_apply_and_sighup_rereads_the_confdir() {
     stop(child);
 }
 
-/// nginx: an upstream rendered from service keys, checked with `nginx -t`,
-/// and a running nginx reloaded with the result.
+/// nginx: an upstream rendered from service keys with the seed's confd
+/// template line, unchanged, checked with `nginx -t`, and a running nginx
+/// reloaded with the result.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_nginx_is_checked_and_reloaded() {
     let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
@@ -318,7 +327,12 @@ async fn a_real_nginx_is_checked_and_reloaded() {
     let ep = server.endpoint();
     let p = unique_prefix("r-nginx");
     let mut etcd = etcd(&ep).await;
-    put(&mut etcd, &format!("{p}/services/web/a"), "127.0.0.1:9001").await;
+    put(
+        &mut etcd,
+        &format!("{p}/services/apache/a"),
+        "127.0.0.1:9001",
+    )
+    .await;
     put(&mut etcd, &format!("{p}/nginx/message"), "first").await;
     let c = Confdir::new();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -333,15 +347,15 @@ async fn a_real_nginx_is_checked_and_reloaded() {
         "nginx.conf.tmpl",
         &format!(
             "pid {run}/nginx.pid;\nerror_log {run}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {run};\n  proxy_temp_path {run};\n  fastcgi_temp_path {run};\n  uwsgi_temp_path {run};\n  scgi_temp_path {run};\n\
-             upstream web {{\n{{% for s in getvs(\"/services/web/*\") %}}    server {{{{ s }}}};\n{{% endfor %}}  }}\n\
-             server {{\n    listen 127.0.0.1:{port};\n    location / {{ return 200 \"{{{{ getv(\"/nginx/message\") }}}}\\n\"; }}\n  }}\n}}\n",
+             upstream apache {{\n{{{{range getvs \"/services/apache/*\"}}}} server {{{{.}}}}; {{{{end}}}}\n  }}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    location / {{ return 200 \"{{{{getv \"/nginx/message\"}}}}\\n\"; }}\n  }}\n}}\n",
             run = run.display()
         ),
     );
     c.resource(
         "nginx",
         &format!(
-            "[template]\nsrc = \"nginx.conf.tmpl\"\ndest = \"{conf}\"\nprefix = \"{p}\"\nkeys = [\"/services/web\", \"/nginx\"]\nmin_keys = 1\n\
+            "[template]\nsrc = \"nginx.conf.tmpl\"\ndest = \"{conf}\"\nprefix = \"{p}\"\nkeys = [\"/services/apache\", \"/nginx\"]\nmin_keys = 1\n\
              check_cmd = \"{nginx} -t -q -c {{{{.src}}}}\"\nreload_cmd = \"{nginx} -c {conf} -s reload\"\n",
             conf = conf.display()
         ),
@@ -389,7 +403,12 @@ async fn a_real_nginx_is_checked_and_reloaded() {
     });
     // A value that breaks the config fails `nginx -t`: the old file stays, nginx keeps serving.
     let before = text(&conf);
-    put(&mut etcd, &format!("{p}/services/web/b"), "not a server;;").await;
+    put(
+        &mut etcd,
+        &format!("{p}/services/apache/b"),
+        "not a server;;",
+    )
+    .await;
     wait_until("nginx -t refused the new config", || {
         log(&c).contains("check_cmd")
     });

@@ -1,7 +1,8 @@
 //! `shylock render` with templates that would run away: huge `seq`s, loops
-//! of billions of steps, output without end, patterns that backtrack. Each
-//! fails with an error naming the template, the old file stays, and the
-//! daemon stays responsive: SIGTERM ends it at once, installing nothing.
+//! of billions of steps, output without end, patterns that backtrack, in
+//! both engines (Go templates, and Jinja in `.j2` files). Each fails with
+//! an error naming the template, the old file stays, and the daemon stays
+//! responsive: SIGTERM ends it at once, installing nothing.
 //! Regression tests: seq(1, 3000000000) aborted the daemon, a 4e8-step loop
 //! deferred SIGTERM 20+ s (and a file was installed after it), and
 //! gets("/a/g/*a*a*a*a*a*a*b") ran past 60 s.
@@ -14,15 +15,16 @@ use std::time::Instant;
 
 use support::*;
 
-/// A confdir rendering `template` from the keys under `{p}/a` into `out`.
-fn confdir(p: &str, template: &str) -> (Confdir, std::path::PathBuf) {
+/// A confdir rendering the template file `name` from the keys under
+/// `{p}/a` into `out`.
+fn confdir(p: &str, name: &str, template: &str) -> (Confdir, std::path::PathBuf) {
     let c = Confdir::new();
     let dest = c.path("out");
     fs::write(&dest, "old\n").unwrap();
-    c.template("t", template).resource(
+    c.template(name, template).resource(
         "r",
         &format!(
-            "[template]\nsrc = \"t\"\ndest = \"{}\"\nprefix = \"{p}\"\nkeys = [\"/a\"]\n",
+            "[template]\nsrc = \"{name}\"\ndest = \"{}\"\nprefix = \"{p}\"\nkeys = [\"/a\"]\n",
             dest.display()
         ),
     );
@@ -55,43 +57,81 @@ async fn runaway_templates_fail_with_an_error_and_keep_the_old_file() {
         put(&mut etcd, &format!("{p}/a/g/{}", "a".repeat(i + 1)), "x").await;
     }
 
-    let (c, dest) = confdir(
-        &p,
-        "{% for i in seq(1, atoi(getv(\"/a/n\"))) %}{{ i }}{% endfor %}",
-    );
-    let stderr = fails_keeping_the_file(&c, &dest, &ep, &[]);
-    assert!(stderr.contains("seq(1, 3000000000)"), "{stderr}");
-
-    let (c, dest) = confdir(
-        &p,
-        "{% for i in seq(1, 1000000) %}{% for j in seq(1, 1000) %}{% endfor %}{% endfor %}",
-    );
-    let stderr = fails_keeping_the_file(&c, &dest, &ep, &["--max-render-steps", "1000000"]);
-    assert!(stderr.contains("fuel"), "out of steps: {stderr}");
-
-    let (c, dest) = confdir(
-        &p,
-        "{% for i in seq(1, 100000) %}{{ i }} line of output\n{% endfor %}",
-    );
-    let stderr = fails_keeping_the_file(&c, &dest, &ep, &["--max-output-bytes", "100000"]);
-    assert!(stderr.contains("larger than 100000 bytes"), "{stderr}");
-
-    let (c, dest) = confdir(&p, "{{ getvs(\"/a/g/[\") }}");
-    let stderr = fails_keeping_the_file(&c, &dest, &ep, &[]);
-    assert!(
-        stderr.contains("syntax error in pattern"),
-        "a bad pattern is an error: {stderr}"
-    );
+    // (template file, template, flags, what the error says)
+    let cases = [
+        (
+            "t.j2",
+            "{% for i in seq(1, atoi(getv(\"/a/n\"))) %}{{ i }}{% endfor %}",
+            &[][..],
+            "seq(1, 3000000000)",
+        ),
+        (
+            "t.tmpl",
+            "{{range seq 1 (atoi (getv \"/a/n\"))}}{{.}}{{end}}",
+            &[],
+            "seq(1, 3000000000)",
+        ),
+        (
+            "t.j2",
+            "{% for i in seq(1, 1000000) %}{% for j in seq(1, 1000) %}{% endfor %}{% endfor %}",
+            &["--max-render-steps", "1000000"],
+            "fuel",
+        ),
+        (
+            "t.tmpl",
+            "{{range seq 1 1000000}}{{range seq 1 1000}}{{end}}{{end}}",
+            &["--max-render-steps", "1000000"],
+            "range iteration budget exhausted",
+        ),
+        (
+            "t.j2",
+            "{% for i in seq(1, 100000) %}{{ i }} line of output\n{% endfor %}",
+            &["--max-output-bytes", "100000"],
+            "larger than 100000 bytes",
+        ),
+        (
+            "t.tmpl",
+            "{{range seq 1 100000}}{{.}} line of output\n{{end}}",
+            &["--max-output-bytes", "100000"],
+            "larger than 100000 bytes",
+        ),
+        (
+            "t.j2",
+            "{{ getvs(\"/a/g/[\") }}",
+            &[],
+            "syntax error in pattern",
+        ),
+        (
+            "t.tmpl",
+            "{{getvs \"/a/g/[\"}}",
+            &[],
+            "syntax error in pattern",
+        ),
+    ];
+    for (name, template, flags, expected) in cases {
+        let (c, dest) = confdir(&p, name, template);
+        let stderr = fails_keeping_the_file(&c, &dest, &ep, flags);
+        assert!(stderr.contains(expected), "{template}: {stderr}");
+        assert!(
+            stderr.contains(name),
+            "the error names the template: {stderr}"
+        );
+    }
 
     // Matching is linear: this pattern backtracked for over a minute.
-    let (c, dest) = confdir(&p, "{{ getvs(\"/a/g/*a*a*a*a*a*a*b\") | length }}\n");
-    let out = c.render(&ep, &["--onetime"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(fs::read_to_string(&dest).unwrap(), "0\n");
+    for (name, template) in [
+        ("t.j2", "{{ getvs(\"/a/g/*a*a*a*a*a*a*b\") | length }}\n"),
+        ("t.tmpl", "{{len (getvs \"/a/g/*a*a*a*a*a*a*b\")}}\n"),
+    ] {
+        let (c, dest) = confdir(&p, name, template);
+        let out = c.render(&ep, &["--onetime"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(fs::read_to_string(&dest).unwrap(), "0\n");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -104,7 +144,8 @@ async fn sigterm_during_a_long_render_ends_the_daemon_at_once_installing_nothing
     // Billions of steps allowed: the render would run for minutes.
     let (c, dest) = confdir(
         &p,
-        "{% for i in seq(1, 1000000) %}{% for j in seq(1, 1000000) %}{% endfor %}{% endfor %}",
+        "t.tmpl",
+        "{{range seq 1 1000000}}{{range seq 1 1000000}}{{end}}{{end}}",
     );
     let log = c.path("render.log");
     let child = Daemon(

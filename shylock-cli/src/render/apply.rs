@@ -27,7 +27,9 @@ pub async fn install(
     args: &RenderArgs,
 ) -> Result<bool, Error> {
     tracing::debug!(resource = %resource.name, "rendering");
+    let started = std::time::Instant::now();
     let content = template::render_within(resource, keys, args.limits()).await?;
+    let rendered = started.elapsed();
     let target = &resource.target;
     if target.is_current(content.as_bytes()) {
         return Ok(false);
@@ -52,7 +54,13 @@ pub async fn install(
         }
     }
     staged.install()?;
-    tracing::info!(resource = %resource.name, dest = %target.path.display(), "written");
+    tracing::info!(
+        resource = %resource.name,
+        dest = %target.path.display(),
+        render = ?rendered,
+        total = ?started.elapsed(),
+        "written"
+    );
     Ok(true)
 }
 

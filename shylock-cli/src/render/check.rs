@@ -67,7 +67,7 @@ fn check(resource: &Resource) -> Result<String, Error> {
                 .file_name()
                 .map_or_else(|| path.clone(), |n| n.to_string_lossy().into_owned());
             let store = std::sync::Arc::new(super::store::Store::new(
-                &Default::default(),
+                Default::default(),
                 "/",
                 &[],
                 &path,

@@ -97,7 +97,7 @@ pub fn check(source: &str) -> Result<(), String> {
     let mut env = Environment::new();
     register(
         &mut env,
-        Arc::new(Store::new(&Default::default(), "/", &[], "", false)),
+        Arc::new(Store::new(Default::default(), "/", &[], "", false)),
     );
     env.add_template_owned("template", source.to_owned())
         .map_err(|e| e.to_string())?;

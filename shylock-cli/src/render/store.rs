@@ -10,6 +10,7 @@
 //! is the usual cause), and with `strict` it is an error instead.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 use super::confd::{path_base, path_clean, path_dir};
@@ -18,8 +19,7 @@ use crate::live_keys::Keys;
 
 /// The keys one render may read.
 pub struct Store {
-    /// Visible keys by their name in templates, with their values.
-    keys: BTreeMap<String, String>,
+    keys: Visible,
     prefix: String,
     allowed: Vec<String>,
     /// The template's path, for messages.
@@ -27,31 +27,59 @@ pub struct Store {
     strict: bool,
 }
 
+/// The visible keys: usually read in place from the watch's copy (a
+/// render of 10,000 keys copies none); copied and renamed only when some
+/// key's name needs confd's cleaning (`//`, `/./`), its value is not
+/// UTF-8, or it lies outside the prefix.
+enum Visible {
+    /// The full etcd keys under `scopes` (sorted, none covering another).
+    Shared {
+        keys: Arc<Keys>,
+        scopes: Vec<String>,
+    },
+    /// Names as confd makes them, with their values.
+    Copied(BTreeMap<String, String>),
+}
+
 impl Store {
     /// The keys under `allowed` (full etcd keys and prefixes), named
     /// relative to `prefix`, as a template sees them.
     pub fn new(
-        keys: &Keys,
+        keys: Arc<Keys>,
         prefix: &str,
         allowed: &[String],
         template: &str,
         strict: bool,
     ) -> Store {
         let prefix = prefix.trim_end_matches('/').to_owned();
-        let visible = keys
-            .iter()
-            .filter(|(k, _)| allowed.iter().any(|a| covers(a, k)))
-            .map(|(k, v)| {
-                let relative = k.strip_prefix(&prefix).unwrap_or(k);
-                // confd: path.Join("/", strings.TrimPrefix(key, prefix)).
-                (
-                    path_clean(&format!("/{relative}")),
-                    String::from_utf8_lossy(v).into_owned(),
-                )
-            })
-            .collect();
+        let mut scopes = allowed.to_vec();
+        scopes.sort();
+        scopes.dedup();
+        let copy = scopes.clone();
+        scopes.retain(|s| !copy.iter().any(|other| other != s && covers(other, s)));
+        let shared = Visible::Shared { keys, scopes };
+        let plain = shared
+            .iter(&prefix)
+            .all(|(name, value)| name.is_some_and(is_clean) && std::str::from_utf8(value).is_ok());
+        let keys = if plain {
+            shared
+        } else {
+            Visible::Copied(
+                shared
+                    .iter_full()
+                    .map(|(k, v)| {
+                        let relative = k.strip_prefix(&prefix).unwrap_or(k);
+                        // confd: path.Join("/", strings.TrimPrefix(key, prefix)).
+                        (
+                            path_clean(&format!("/{relative}")),
+                            String::from_utf8_lossy(v).into_owned(),
+                        )
+                    })
+                    .collect(),
+            )
+        };
         Store {
-            keys: visible,
+            keys,
             prefix,
             allowed: allowed.to_vec(),
             template: template.to_owned(),
@@ -59,9 +87,52 @@ impl Store {
         }
     }
 
+    /// Every visible key by name, with its value, in name order.
+    fn entries(&self) -> Box<dyn Iterator<Item = (&str, &str)> + '_> {
+        match &self.keys {
+            Visible::Copied(map) => Box::new(map.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            shared @ Visible::Shared { scopes, .. } => {
+                let entries = shared.iter(&self.prefix).map(|(name, value)| {
+                    // Checked in `new`: in the prefix, and UTF-8.
+                    (
+                        name.unwrap_or_default(),
+                        std::str::from_utf8(value).unwrap_or_default(),
+                    )
+                });
+                if scopes.len() < 2 {
+                    return Box::new(entries);
+                }
+                // Scopes like `/a` and `/a-b` interleave: put names in order.
+                let mut all: Vec<(&str, &str)> = entries.collect();
+                all.sort_unstable();
+                Box::new(all.into_iter())
+            }
+        }
+    }
+
+    /// The value of a key by name.
+    fn get(&self, name: &str) -> Option<&str> {
+        match &self.keys {
+            Visible::Copied(map) => map.get(name).map(String::as_str),
+            Visible::Shared { keys, scopes } => {
+                if !name.starts_with('/') {
+                    return None;
+                }
+                let full = format!("{}{name}", self.prefix);
+                if !scopes.iter().any(|s| covers(s, &full)) {
+                    return None;
+                }
+                keys.get(&full).and_then(|v| std::str::from_utf8(v).ok())
+            }
+        }
+    }
+
     /// How many keys the resource sees (for `min_keys`).
     pub fn len(&self) -> usize {
-        self.keys.len()
+        match &self.keys {
+            Visible::Copied(map) => map.len(),
+            shared => shared.iter_full().count(),
+        }
     }
 
     /// A key read by name must lie within the resource's keys: outside
@@ -85,7 +156,7 @@ impl Store {
     /// confd's `get`/`getv`: the value, if the key exists.
     pub fn value(&self, key: &str) -> Result<Option<&str>, String> {
         self.check(key)?;
-        Ok(self.keys.get(key).map(String::as_str))
+        Ok(self.get(key))
     }
 
     /// confd's error for a missing key.
@@ -97,10 +168,8 @@ impl Store {
     pub fn pairs(&self, pattern: &str) -> Result<Vec<(&str, &str)>, String> {
         super::glob::check(pattern).map_err(|e| format!("pattern {pattern:?}: {e}"))?;
         Ok(self
-            .keys
-            .iter()
+            .entries()
             .filter(|(k, _)| super::glob::matches(pattern, k) == Ok(true))
-            .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect())
     }
 
@@ -116,7 +185,7 @@ impl Store {
     pub fn ls(&self, path: &str) -> Vec<String> {
         let prefix = terms(path);
         let mut names = BTreeSet::new();
-        for key in self.keys.keys() {
+        for (key, _) in self.entries() {
             if key == path {
                 names.insert(path_base(key));
                 continue;
@@ -136,7 +205,7 @@ impl Store {
     pub fn lsdir(&self, path: &str) -> Vec<String> {
         let prefix = terms(path);
         let mut names = BTreeSet::new();
-        for key in self.keys.keys().filter(|k| k.starts_with(path)) {
+        for (key, _) in self.entries().filter(|(k, _)| k.starts_with(path)) {
             let items = terms(&path_dir(key));
             if same_prefix(&prefix, &items) && items.len() > prefix.len() {
                 names.insert(items[prefix.len()].clone());
@@ -144,6 +213,43 @@ impl Store {
         }
         names.into_iter().collect()
     }
+}
+
+impl Visible {
+    /// The full etcd keys in the scopes, with their values.
+    fn iter_full(&self) -> Box<dyn Iterator<Item = (&str, &[u8])> + '_> {
+        match self {
+            Visible::Copied(map) => Box::new(map.iter().map(|(k, v)| (k.as_str(), v.as_bytes()))),
+            Visible::Shared { keys, scopes } => Box::new(scopes.iter().flat_map(move |scope| {
+                let start = scope.trim_end_matches('/');
+                keys.range::<str, _>((Bound::Included(start), Bound::Unbounded))
+                    .take_while(move |(k, _)| k.starts_with(start))
+                    .filter(move |(k, _)| covers(scope, k))
+                    .map(|(k, v)| (k.as_str(), v.as_slice()))
+            })),
+        }
+    }
+
+    /// Each key's name under `prefix` (none if outside it), with its value.
+    fn iter<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (Option<&'a str>, &'a [u8])> + 'a {
+        self.iter_full().map(move |(k, v)| {
+            let name = k.strip_prefix(prefix).filter(|n| n.starts_with('/'));
+            (name, v)
+        })
+    }
+}
+
+/// Whether a name is as confd's `path.Join("/", name)` leaves it.
+fn is_clean(name: &str) -> bool {
+    name.starts_with('/')
+        && (name == "/"
+            || (!name.ends_with('/')
+                && name[1..]
+                    .split('/')
+                    .all(|part| !matches!(part, "" | "." | ".."))))
 }
 
 /// confd's `pathToTerms`: a cleaned path split at `/`.
@@ -184,7 +290,7 @@ mod tests {
             .map(|k| (format!("/prod{k}"), k.as_bytes().to_vec()))
             .collect();
         let allowed: Vec<String> = allowed.iter().map(|a| format!("/prod{a}")).collect();
-        Store::new(&keys, "/prod", &allowed, "t.tmpl", false)
+        Store::new(Arc::new(keys), "/prod", &allowed, "t.tmpl", false)
     }
 
     /// confd's memkv tests, with shylock's store.
@@ -223,7 +329,7 @@ mod tests {
         .iter()
         .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
         .collect();
-        let s = Store::new(&keys, "/prod", &["/prod/a".into()], "t", false);
+        let s = Store::new(Arc::new(keys), "/prod", &["/prod/a".into()], "t", false);
         assert_eq!(s.values("/a/*").unwrap(), ["alpha", "mid", "zeta"]);
         let keys: Vec<&str> = s
             .pairs("/a/*")
@@ -246,10 +352,60 @@ mod tests {
         assert_eq!(s.value("/app/port").unwrap(), Some("/app/port"));
         assert_eq!(s.value("/secret/pw").unwrap(), None, "not visible");
         let keys: Keys = [("/prod/secret/pw".to_string(), b"x".to_vec())].into();
-        let strict = Store::new(&keys, "/prod", &["/prod/app".into()], "t", true);
+        let strict = Store::new(Arc::new(keys), "/prod", &["/prod/app".into()], "t", true);
         assert!(strict
             .value("/secret/pw")
             .unwrap_err()
             .contains("not in the resource's keys"));
+    }
+
+    /// Read in place or copied, a store gives the same names in the same
+    /// order: scopes that interleave (`/a`, `/a-b`) or overlap, a key
+    /// confd would clean, a value that is not UTF-8.
+    #[test]
+    fn names_and_order_are_confds_whether_shared_or_copied() {
+        let build = |pairs: &[(&str, &[u8])], allowed: &[&str]| {
+            let keys: Keys = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect();
+            let allowed: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
+            Store::new(Arc::new(keys), "/p", &allowed, "t", false)
+        };
+        let pairs: [(&str, &[u8]); 4] = [
+            ("/p/a/1", b"x"),
+            ("/p/a-b/1", b"y"),
+            ("/p/a/2", b"z"),
+            ("/p/other", b"no"),
+        ];
+        let s = build(&pairs, &["/p/a-b", "/p/a", "/p/a/1"]);
+        assert!(matches!(s.keys, Visible::Shared { .. }));
+        let names: Vec<&str> = s
+            .pairs("/*/*")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            names,
+            ["/a-b/1", "/a/1", "/a/2"],
+            "in name order, once each"
+        );
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.value("/a/2").unwrap(), Some("z"));
+        assert_eq!(s.value("/other").unwrap(), None, "outside the scopes");
+        assert_eq!(s.value("a/2").unwrap(), None, "confd's names start with /");
+
+        let s = build(&[("/p/a//1", b"x"), ("/p/a/2", b"\xff")], &["/p/a"]);
+        assert!(matches!(s.keys, Visible::Copied(_)));
+        assert_eq!(s.value("/a/1").unwrap(), Some("x"), "cleaned as confd does");
+        assert_eq!(s.value("/a/2").unwrap(), Some("\u{fffd}"));
+        assert!(
+            is_clean("/")
+                && is_clean("/a/b")
+                && !is_clean("/a/")
+                && !is_clean("/a/./b")
+                && !is_clean("a")
+        );
     }
 }

@@ -84,13 +84,15 @@ pub fn render(resource: &Resource, keys: &Arc<Keys>, limits: Limits) -> Result<S
     let path = resource.template.display().to_string();
     let source = std::fs::read_to_string(&resource.template)
         .map_err(|e| msg(format!("cannot read template {path}: {e}")))?;
+    let started = std::time::Instant::now();
     let store = Arc::new(Store::new(
-        keys,
+        Arc::clone(keys),
         &resource.prefix,
         resource.watched(),
         &path,
         resource.strict,
     ));
+    let (stored, store_len) = (started.elapsed(), store.len());
     if let Some(min) = resource.min_keys {
         let present = store.len();
         if present < min {
@@ -111,6 +113,7 @@ pub fn render(resource: &Resource, keys: &Arc<Keys>, limits: Limits) -> Result<S
         Engine::Jinja => super::jinja::render(&source, store, limits, &mut out),
     };
     rendered.map_err(|e| msg(format!("template {path}: {e}")))?;
+    tracing::debug!(template = %path, keys = store_len, store = ?stored, engine = ?started.elapsed() - stored, "rendered");
     String::from_utf8(out.out)
         .map_err(|e| msg(format!("template {path}: the output is not UTF-8: {e}")))
 }

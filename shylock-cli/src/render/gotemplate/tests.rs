@@ -15,7 +15,13 @@ fn go(source: &str, keys: &[(&str, &str)]) -> Result<String, String> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
         .collect();
-    let store = Arc::new(Store::new(&keys, "/", &["/".to_owned()], "t.tmpl", false));
+    let store = Arc::new(Store::new(
+        Arc::new(keys),
+        "/",
+        &["/".to_owned()],
+        "t.tmpl",
+        false,
+    ));
     let mut out = Bounded::new(1 << 20);
     render("t.tmpl", source, store, Limits::default(), &mut out)?;
     Ok(out.into_string())
@@ -243,7 +249,7 @@ fn keys_outside_the_resource_read_as_missing_as_in_confd() {
         .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
         .collect();
     let store = Arc::new(Store::new(
-        &keys,
+        Arc::new(keys),
         "/prod",
         &["/prod/app".to_owned()],
         "t.tmpl",
@@ -322,7 +328,13 @@ fn limits_hold() {
         ..Limits::default()
     };
     let keys = Default::default();
-    let store = Arc::new(Store::new(&keys, "/", &["/".to_owned()], "t", false));
+    let store = Arc::new(Store::new(
+        Arc::new(keys),
+        "/",
+        &["/".to_owned()],
+        "t",
+        false,
+    ));
     let mut out = Bounded::new(1 << 20);
     let error = render(
         "t",

@@ -45,14 +45,13 @@ async fn mount_export_sync_and_render_work_through_the_proxy() {
     );
     let c = Confdir::new();
     let rendered = c.path("r.conf");
-    c.template("r.tmpl", "port {{ getv(\"/port\") }}\n")
-        .resource(
-            "r",
-            &format!(
+    c.template("r.tmpl", "port {{getv \"/port\"}}\n").resource(
+        "r",
+        &format!(
             "[template]\nsrc = \"r.tmpl\"\ndest = \"{}\"\nprefix = \"/r\"\nkeys = [\"/port\"]\n",
             rendered.display()
         ),
-        );
+    );
     let render = c.spawn(&ep, &[]);
 
     wait_until("the first export", || text(&export).contains("\"1\""));
@@ -84,7 +83,7 @@ async fn render_two_keys_in_step(endpoint: &str, etcd_endpoint: &str) {
     put(&mut etcd, &format!("{p}/b"), "0").await;
     let c = Confdir::new();
     let dest = c.path("step.conf");
-    c.template("step.tmpl", "a={{ getv(\"/a\") }} b={{ getv(\"/b\") }}\n")
+    c.template("step.tmpl", "a={{getv \"/a\"}} b={{getv \"/b\"}}\n")
         .resource(
             "step",
             &format!(

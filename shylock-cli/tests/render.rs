@@ -26,7 +26,7 @@ async fn onetime_renders_checks_and_keeps_the_old_file_when_a_check_fails() {
             c.path("checks").display()
         ),
     );
-    c.template("app.tmpl", "listen port {{ getv(\"/app/port\") }};\n").resource(
+    c.template("app.tmpl", "listen port {{getv \"/app/port\"}};\n").resource(
         "app",
         &format!(
             "[template]\nsrc = \"app.tmpl\"\ndest = \"{}\"\nprefix = \"{p}\"\nkeys = [\"/app\"]\nmode = \"0640\"\ncheck_cmd = \"{check} {{{{.src}}}}\"\n",
@@ -91,7 +91,7 @@ async fn noop_prints_a_diff_and_touches_nothing() {
         "reload.sh",
         &format!("echo r >> {}", c.path("reloads").display()),
     );
-    c.template("t", "value {{ getv(\"/v\") }}\n").resource(
+    c.template("t", "value {{getv \"/v\"}}\n").resource(
         "f",
         &format!("[template]\nsrc = \"t\"\ndest = \"{}\"\nprefix = \"{p}\"\nkeys = [\"/v\"]\nreload_cmd = \"{reload}\"\n", dest.display()),
     );
@@ -242,7 +242,7 @@ async fn failed_and_hung_commands_are_retried_until_they_succeed() {
             ok = c.path("ok").display()
         ),
     );
-    c.template("t", "v={{ getv(\"/v\") }}\n").resource(
+    c.template("t", "v={{getv \"/v\"}}\n").resource(
         "r",
         &format!("[template]\nsrc = \"t\"\ndest = \"{}\"\nprefix = \"{p}\"\nkeys = [\"/v\"]\nreload_cmd = \"{reload}\"\n", c.path("out").display()),
     );
@@ -275,7 +275,7 @@ async fn owner_and_group_by_name_really_apply_and_sighup_rereads_the_confdir() {
     let mut etcd = etcd(&ep).await;
     put(&mut etcd, &format!("{p}/v"), "1").await;
     let c = Confdir::new();
-    c.template("t", "v={{ getv(\"/v\") }}\n").resource(
+    c.template("t", "v={{getv \"/v\"}}\n").resource(
         "first",
         &format!("[template]\nsrc = \"t\"\ndest = \"{}\"\nprefix = \"{p}\"\nkeys = [\"/v\"]\nowner = \"nobody\"\ngroup = \"nogroup\"\n", c.path("first").display()),
     );

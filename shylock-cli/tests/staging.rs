@@ -45,7 +45,7 @@ fn staged(dir: &Path, name: &str) -> Vec<PathBuf> {
 /// A confdir rendering `{p}/v` into `dest`, with an optional check script.
 fn confdir(p: &str, dest: &Path, extra: &str) -> Confdir {
     let c = Confdir::new();
-    c.template("t", "value {{ getv(\"/v\") }}\n").resource(
+    c.template("t", "value {{getv \"/v\"}}\n").resource(
         "app",
         &format!(
             "[template]\nsrc = \"t\"\ndest = \"{}\"\nprefix = \"{p}\"\nkeys = [\"/v\"]\n{extra}",

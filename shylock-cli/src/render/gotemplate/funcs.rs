@@ -46,6 +46,17 @@ fn int(name: &str, value: &Value) -> Result<i64> {
     }
 }
 
+/// A list argument whose items must all be strings (Go's `[]string`).
+fn string_list(name: &str, value: &Value) -> Result<Vec<String>> {
+    let Value::List(items) = value else {
+        return Err(calling(
+            name,
+            format!("expected a list of strings, got {value}"),
+        ));
+    };
+    items.iter().map(|i| string(name, i)).collect()
+}
+
 fn strings(items: impl IntoIterator<Item = impl Into<Arc<str>>>) -> Value {
     Value::List(items.into_iter().map(|s| Value::String(s.into())).collect())
 }
@@ -212,16 +223,7 @@ pub fn map(store: Shared) -> FuncMap {
         "join",
         Box::new(|args| {
             count("join", args, 2, 2)?;
-            let Value::List(items) = &args[0] else {
-                return Err(calling(
-                    "join",
-                    format!("expected a list of strings, got {}", args[0]),
-                ));
-            };
-            let items: Vec<String> = items
-                .iter()
-                .map(|i| string("join", i))
-                .collect::<Result<_>>()?;
+            let items = string_list("join", &args[0])?;
             Ok(Value::String(items.join(&string("join", &args[1])?).into()))
         }),
     );
@@ -448,16 +450,7 @@ pub fn map(store: Shared) -> FuncMap {
         "sortByLength",
         Box::new(|args| {
             count("sortByLength", args, 1, 1)?;
-            let Value::List(items) = &args[0] else {
-                return Err(calling(
-                    "sortByLength",
-                    format!("expected a list of strings, got {}", args[0]),
-                ));
-            };
-            let items: Vec<String> = items
-                .iter()
-                .map(|i| string("sortByLength", i))
-                .collect::<Result<_>>()?;
+            let items = string_list("sortByLength", &args[0])?;
             Ok(strings(confd::sort_by_length(items, String::len)))
         }),
     );

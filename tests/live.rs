@@ -349,6 +349,41 @@ async fn unrelated_keys_under_the_prefix_do_not_rebuild() {
     assert_eq!(live.status().accepted_updates, before + 1);
 }
 
+/// Whoever sees a value and then asks for the status sees that value
+/// counted. Regression: the value was swapped in before the status was
+/// updated, so `accepted_updates` could lag a value already served (the
+/// test above failed once in a few full runs).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_never_lags_the_value_served() {
+    let p = unique_prefix("live-status-order");
+    let (live, mut etcd) = service(&p).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (live, stop) = (live.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut checks = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let served = live.load().revision();
+                let status = live.status();
+                assert!(
+                    status.revision >= served,
+                    "status at revision {} while revision {served} is served",
+                    status.revision
+                );
+                checks += 1;
+            }
+            checks
+        })
+    };
+    for port in 1..=300 {
+        put(&mut etcd, &format!("{p}/port"), port.to_string()).await;
+    }
+    wait_config(&live, "the last update", |s| s.port == 300).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let checks = reader.join().expect("the status lagged the value");
+    assert!(checks > 1000, "the reader ran: {checks} checks");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panicking_callback_does_not_stop_updates() {
     let p = unique_prefix("live-panic");

@@ -244,9 +244,10 @@ impl<T> Publisher<T> {
         let shared = &*self.shared;
         let revision = shared.current.load().revision + 1;
         let snapshot = Arc::new(Snapshot { value, revision });
-        shared.swap_in(snapshot.clone());
         {
+            // As in a rebuild: the status is never behind the value served.
             let mut status = lock(&shared.status);
+            shared.swap_in(snapshot.clone());
             status.revision = revision;
             status.accepted_updates += 1;
             status.last_event = Some(SystemTime::now());
@@ -481,9 +482,11 @@ impl<T: EtcdConfig> LiveSink<T> {
         let event = match next {
             Ok(value) => {
                 let snapshot = Arc::new(Snapshot { value, revision });
-                self.retired = Some((shared.swap_in(snapshot.clone()), changed));
                 {
+                    // Swapped under the status lock: whoever sees the new
+                    // value and then asks for the status finds it counted.
                     let mut status = lock(&shared.status);
+                    self.retired = Some((shared.swap_in(snapshot.clone()), changed));
                     status.patched_updates += u64::from(patched);
                     status.revision = revision;
                     status.applied_revision = status.applied_revision.max(revision);

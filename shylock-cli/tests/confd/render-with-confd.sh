@@ -1,10 +1,9 @@
 #!/bin/bash
 # Renders this fixture confdir with a renderer against a throwaway etcd, to
-# (re)make expected/ from confd itself. Not part of the suite (it needs Go).
+# (re)make expected/ from confd itself. Not part of the suite: it needs a
+# confd binary (expected/ came from one built from confd's source with Go).
 #
-#   git clone https://github.com/kelseyhightower/confd && cd confd
-#   go build -mod=vendor -o /tmp/confd .         # Debian's golang-go 1.19 works
-#   ./render-with-confd.sh /tmp/confd expected/  # from this directory
+#   ./render-with-confd.sh /path/to/confd expected/   # from this directory
 #
 # `RENDERER="shylock render" ./render-with-confd.sh - /tmp/out` runs
 # shylock the same way, for a diff. The Jinja resources (jinja*.toml) are

@@ -5,7 +5,10 @@ use std::fmt;
 
 /// A config that could not be built from what etcd holds: every problem found,
 /// each with its full key. The last good config keeps serving.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// `Debug` prints the problems one per line, as `main` shows an error it
+/// returns; `{:#?}` shows the fields.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConfigError {
     revision: i64,
     problems: Vec<Problem>,
@@ -76,6 +79,23 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            return f
+                .debug_struct("ConfigError")
+                .field("revision", &self.revision)
+                .field("problems", &self.problems)
+                .finish();
+        }
+        write!(f, "invalid config at etcd revision {}:", self.revision)?;
+        for problem in &self.problems {
+            write!(f, "\n    {problem}")?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let key = &self.key;
@@ -98,7 +118,11 @@ impl fmt::Display for Problem {
 }
 
 /// An error from the library: connecting, reading etcd, or building a config.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` is the message and its causes, one per line, so that
+/// `fn main() -> shylock::Result<()>` prints something a person can read
+/// (match on the variants for the fields).
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// etcd did not answer in time at startup.
@@ -145,5 +169,61 @@ pub enum Error {
     Closed,
 }
 
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Error::Config(error) = self {
+            return fmt::Debug::fmt(error, f);
+        }
+        write!(f, "{self}")?;
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            write!(f, "\n    caused by: {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_what_main_should_print() {
+        let error = Error::Config(ConfigError::new(
+            7,
+            vec![
+                Problem {
+                    key: "/app/port".into(),
+                    kind: ProblemKind::Missing,
+                },
+                Problem {
+                    key: "/app/password".into(),
+                    kind: ProblemKind::Invalid {
+                        expected: "u16".into(),
+                        reason: None,
+                    },
+                },
+            ],
+        ));
+        assert_eq!(
+            format!("{error:?}"),
+            "invalid config at etcd revision 7:\n    key `/app/port` is missing\n    \
+             key `/app/password` is not a valid u16 (value is secret, details redacted)"
+        );
+        let unreachable = Error::Unreachable {
+            endpoints: "http://127.0.0.1:1".into(),
+            timeout: std::time::Duration::from_secs(5),
+            cause: "connection refused".into(),
+        };
+        assert_eq!(
+            format!("{unreachable:?}"),
+            "could not reach etcd at http://127.0.0.1:1 within 5s: connection refused"
+        );
+        let fields = format!("{:#?}", ConfigError::new(7, vec![]));
+        assert!(fields.contains("revision: 7"), "{fields}");
+    }
+}

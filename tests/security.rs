@@ -279,3 +279,70 @@ async fn etcdctl_environment_variables_configure_the_client() {
             .to_string();
     assert!(error.contains("ETCDCTL_PASSWORD"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_grant_shylock_prints_lets_a_role_follow_the_config() {
+    let server = EtcdServer::start();
+    let mut etcd = etcd(&[server.endpoint()]).await;
+    put(&mut etcd, "/app/port", "8080").await;
+    put(&mut etcd, "/zz/flag", "on").await;
+    put(&mut etcd, "/a/secret", "no").await;
+    put(&mut etcd, "/zzz/secret", "no").await;
+    etcd.user_add(ROOT.0, ROOT.1, None).await.unwrap();
+    etcd.user_grant_role(ROOT.0, "root").await.unwrap();
+    etcd.role_add("span").await.unwrap();
+    etcd.user_add(APP.0, APP.1, None).await.unwrap();
+    etcd.user_grant_role(APP.0, "span").await.unwrap();
+    etcd.auth_enable().await.unwrap();
+
+    // The command as printed, run by the real etcdctl as root.
+    let access = shylock::access::<Span>("/app");
+    let text = access.to_string();
+    assert!(
+        text.starts_with("/app/port\n/zz/flag (optional)\ngrant: etcdctl role grant-permission ROLE read /app/port /zz/flah\n"),
+        "{text}"
+    );
+    let grant = access.etcdctl_grant("span");
+    let output = std::process::Command::new(&grant[0])
+        .args(&grant[1..])
+        .env("ETCDCTL_API", "3")
+        .env("ETCDCTL_ENDPOINTS", server.endpoint())
+        .env("ETCDCTL_USER", format!("{}:{}", ROOT.0, ROOT.1))
+        .output()
+        .expect("etcdctl (Debian's etcd-client; make deps installs it)");
+    assert!(
+        output.status.success(),
+        "{grant:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let client = shylock::Client::connect(as_app(&server)).await.unwrap();
+    let live = client
+        .config::<Span>("/app")
+        .await
+        .expect("the grant covers the read");
+    assert_eq!(live.load().flag, "on");
+    let mut root = etcd_client::Client::connect(
+        [server.endpoint()],
+        Some(etcd_client::ConnectOptions::new().with_user(ROOT.0, ROOT.1)),
+    )
+    .await
+    .unwrap();
+    let r = put(&mut root, "/zz/flag", "off").await;
+    assert_eq!(
+        applied(&live, r).await.flag,
+        "off",
+        "the grant covers the watch"
+    );
+    // And nothing outside the range (keys between /app/port and /zz/flag
+    // are inside it: one watch covers them all).
+    let mut app = etcd_client::Client::connect(
+        [server.endpoint()],
+        Some(etcd_client::ConnectOptions::new().with_user(APP.0, APP.1)),
+    )
+    .await
+    .unwrap();
+    for outside in ["/a/secret", "/zzz/secret"] {
+        assert!(app.get(outside, None).await.is_err(), "{outside} readable");
+    }
+}

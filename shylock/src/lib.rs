@@ -33,6 +33,7 @@
 //! The README has the full attribute reference.
 #![warn(missing_docs)]
 
+mod access;
 mod auth;
 mod client;
 mod config;
@@ -63,6 +64,7 @@ pub use shylock_derive::EtcdConfig;
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
+pub use crate::access::{access, Access};
 pub use crate::client::{Client, ConnectOptions};
 pub use crate::config::{Dependency, DependencyKind, EtcdConfig};
 pub use crate::decode::{DecodeError, FromValue};

@@ -48,7 +48,7 @@ pub(crate) fn covering_range(deps: &[Dependency]) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// The first key after every key that starts with `prefix` (etcd's `GetPrefix`).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

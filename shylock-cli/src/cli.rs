@@ -9,19 +9,34 @@ use crate::exit::Error;
 
 /// etcd as the /etc of a data center: keys as a live filesystem and as files.
 #[derive(Debug, Parser)]
-#[command(name = "shylock", version, propagate_version = true)]
+#[command(
+    name = "shylock",
+    version,
+    propagate_version = true,
+    after_help = EXIT_CODES,
+    after_long_help = EXIT_CODES
+)]
 pub struct Cli {
     #[command(flatten)]
     pub connect: ConnectArgs,
+
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
 
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The exit codes (crate::exit), the same for every command.
+const EXIT_CODES: &str = "Exit codes: 0 done, 1 failed, 2 usage error, 3 etcd unreachable, \
+4 partly done (some resources or keys failed).";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show the keys under a prefix as a live FUSE filesystem (prefixes are
-    /// directories, keys are files), until SIGINT or SIGTERM.
+    /// directories, keys are files), until SIGINT or SIGTERM. `shylock etcd
+    /// MOUNTPOINT` is the same (with ETC_HOSTS and ETC_READ_ONLY=true).
+    #[command(visible_alias = "etcd")]
     Mount(MountArgs),
     /// Write one key's value, or a prefix as a JSON/YAML/TOML/properties/env
     /// document, to a file; with --watch, keep it current.
@@ -35,6 +50,18 @@ pub enum Command {
     /// Render confd-style template resources (conf.d/*.toml, templates/)
     /// into files, with check and reload commands; keep them current.
     Render(Box<crate::render::RenderArgs>),
+    /// Print a key's value, or the keys under a prefix.
+    Get(crate::get::GetArgs),
+    /// Write a key, the value from the command line or standard input.
+    Put(crate::put::PutArgs),
+    /// Delete a key, or a key and the keys under it.
+    Del(crate::del::DelArgs),
+    /// Print the changes of a key, or of the keys under a prefix, as they come.
+    Watch(crate::watch::WatchArgs),
+    /// Print shell completions.
+    Completions(crate::docs::CompletionsArgs),
+    /// Write man pages.
+    Man(crate::docs::ManArgs),
 }
 
 /// How writes through the mount treat a concurrent change of the same key.
@@ -97,6 +124,12 @@ impl Cli {
             Command::Sync(args) => crate::sync::run(&self.connect, args).await,
             Command::Import(args) => crate::import::run(&self.connect, args).await,
             Command::Render(args) => crate::render::run(&self.connect, *args).await,
+            Command::Get(args) => crate::get::run(&self.connect, args).await,
+            Command::Put(args) => crate::put::run(&self.connect, args).await,
+            Command::Del(args) => crate::del::run(&self.connect, args).await,
+            Command::Watch(args) => crate::watch::run(&self.connect, args).await,
+            Command::Completions(args) => crate::docs::completions(args),
+            Command::Man(args) => crate::docs::man(args),
         }
     }
 }

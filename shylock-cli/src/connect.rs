@@ -14,11 +14,23 @@ use crate::exit::{msg, Error};
 pub const DEFAULT_CONFIG: &str = "/etc/shylock/shylock.toml";
 
 #[derive(Clone, Default, clap::Args)]
+#[command(next_help_heading = "Connection")]
 pub struct ConnectArgs {
     /// etcd endpoints, comma-separated [env: SHYLOCK_ENDPOINTS, ETCDCTL_ENDPOINTS,
     /// ETC_HOSTS] [default: http://127.0.0.1:2379]
     #[arg(long, global = true, value_delimiter = ',')]
     pub endpoints: Vec<String>,
+
+    /// Find the endpoints in DNS, as etcdctl does: SRV records of
+    /// _etcd-client-ssl._tcp.DOMAIN (https) and _etcd-client._tcp.DOMAIN
+    /// (http) [env: SHYLOCK_DISCOVERY_SRV, ETCDCTL_DISCOVERY_SRV]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DOMAIN",
+        conflicts_with = "endpoints"
+    )]
+    pub discovery_srv: Option<String>,
 
     /// CA certificate (PEM) to verify etcd with [env: SHYLOCK_CACERT, ETCDCTL_CACERT]
     #[arg(long, global = true)]
@@ -61,6 +73,7 @@ impl std::fmt::Debug for ConnectArgs {
             .map(|u| u.split_once(':').map_or(u, |(name, _)| name));
         f.debug_struct("ConnectArgs")
             .field("endpoints", &self.endpoints)
+            .field("discovery_srv", &self.discovery_srv)
             .field("cacert", &self.cacert)
             .field("cert", &self.cert)
             .field("key", &self.key)
@@ -77,6 +90,7 @@ impl std::fmt::Debug for ConnectArgs {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct ConfigFile {
     endpoints: Option<Vec<String>>,
+    discovery_srv: Option<String>,
     cacert: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
@@ -100,7 +114,26 @@ impl ConnectArgs {
                 .or(file)
         };
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        let endpoints = (!self.endpoints.is_empty()).then(|| self.endpoints.join(","));
+        let mut endpoints = (!self.endpoints.is_empty()).then(|| self.endpoints.join(","));
+        // DNS discovery, when asked for, gives the endpoints (and beats
+        // endpoints from the environment or the file, as a flag would).
+        let discovery = if endpoints.is_some() {
+            self.discovery_srv.clone()
+        } else {
+            pick(
+                self.discovery_srv.clone(),
+                "DISCOVERY_SRV",
+                file.discovery_srv,
+            )
+        };
+        if let Some(domain) = discovery {
+            if endpoints.is_some() {
+                return Err(crate::exit::usage(
+                    "give --endpoints or --discovery-srv, not both",
+                ));
+            }
+            endpoints = Some(crate::srv::discover(&domain).map_err(msg)?.join(","));
+        }
         let values = [
             (
                 "ETCDCTL_ENDPOINTS",

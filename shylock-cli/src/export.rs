@@ -125,6 +125,7 @@ pub async fn run(connect: &ConnectArgs, args: ExportArgs) -> Result<(), Error> {
                 tracing::error!(%error, ?retry_in, "not written; the file keeps its last content");
             }
         }
+        crate::notify::ready(&format!("keeping {} current", args.dest.display()));
         wake = live.next_wake(&mut stop, &retry).await?;
     }
     Ok(())

@@ -4,28 +4,39 @@ mod atomic;
 mod cli;
 mod command;
 mod connect;
+mod del;
+mod docs;
 mod document;
 mod exit;
 mod export;
+mod get;
 mod import;
+mod kv;
 mod live_keys;
 mod logging;
 mod mount;
 mod names;
+mod notify;
+mod put;
 mod render;
 mod signals;
+mod srv;
 mod sync;
+mod watch;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    notify::init();
     // confd's single-dash flags after `render` (`-onetime`, `-node x`).
     let argv = match render::confd_argv(std::env::args_os().collect()) {
         Ok(argv) => argv,
-        Err(error) => return exit::report(&exit::msg(error)),
+        Err(error) => return exit::report(&exit::usage(error)),
     };
     let cli = cli::Cli::parse_from(argv);
-    logging::init();
+    if let Err(error) = logging::init(&cli.log) {
+        return exit::report(&exit::usage(error));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

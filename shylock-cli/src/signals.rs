@@ -15,11 +15,12 @@ impl Stop {
         })
     }
 
-    /// Waits for SIGTERM or SIGINT.
+    /// Waits for SIGTERM or SIGINT, and tells systemd the daemon stops.
     pub async fn wait(&mut self) {
         tokio::select! {
             _ = self.terminate.recv() => {}
             _ = self.interrupt.recv() => {}
         }
+        crate::notify::stopping();
     }
 }

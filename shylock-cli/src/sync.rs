@@ -72,12 +72,25 @@ pub async fn run(connect: &ConnectArgs, args: SyncArgs) -> Result<(), Error> {
             retry.succeeded();
         }
         match writer.publish(&relative(&live.snapshot(), &base)) {
-            Ok(()) => retry.succeeded(),
+            Ok(()) => {
+                retry.succeeded();
+                crate::notify::status(&format!(
+                    "{} synced into {}",
+                    args.prefix,
+                    args.dir.display()
+                ));
+            }
             Err(error) => {
                 let retry_in = retry.failed();
                 tracing::error!(%error, ?retry_in, "sync failed; the directory keeps its last version");
+                crate::notify::status(&format!("sync failed, retrying: {error}"));
             }
         }
+        crate::notify::ready(&format!(
+            "syncing {} into {}",
+            args.prefix,
+            args.dir.display()
+        ));
         wake = live.next_wake(&mut stop, &retry).await?;
     }
     Ok(())

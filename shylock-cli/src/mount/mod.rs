@@ -91,6 +91,11 @@ pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
         args.mountpoint.display()
     );
 
+    crate::notify::ready(&format!(
+        "{} mounted on {}",
+        args.prefix,
+        args.mountpoint.display()
+    ));
     crate::signals::Stop::new()?.wait().await;
     tracing::info!("unmounting {}", args.mountpoint.display());
     drop(watch);

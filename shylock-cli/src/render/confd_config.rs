@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::resource::GlobalPrefix;
 use super::RenderArgs;
 use crate::connect::ConnectArgs;
-use crate::exit::{msg, Error};
+use crate::exit::{msg, usage, Error};
 
 /// confd's flags whose shylock names differ (connection flags are
 /// etcdctl's names here).
@@ -242,7 +242,8 @@ fn settings_with(
     if let Some(backend) = &backend {
         check_backend(backend)?;
     }
-    if let Some(level) = args.log_level.as_ref().or(file.log_level.as_ref()) {
+    // confd's -log-level is the global --log-level, already applied.
+    if let Some(level) = &file.log_level {
         crate::logging::set_confd_level(level).map_err(msg)?;
     }
     let mut connect = connect.clone();
@@ -277,7 +278,7 @@ fn settings_with(
             .clone()
             .or(file.scheme)
             .unwrap_or_else(|| "http".into());
-        connect.endpoints = srv_endpoints(&record, &scheme)?;
+        connect.endpoints = crate::srv::endpoints(&record, &scheme).map_err(msg)?;
     } else if connect.endpoints.is_empty() {
         connect.endpoints = file.nodes.unwrap_or_default();
     }
@@ -302,10 +303,10 @@ fn settings_with(
 fn check_backend(backend: &str) -> Result<(), Error> {
     match backend {
         "etcd" | "etcdv3" => Ok(()),
-        other if BACKENDS.contains(&other) => Err(msg(format!(
+        other if BACKENDS.contains(&other) => Err(usage(format!(
             "backend {other:?} is not supported: shylock render reads etcd (backend \"etcdv3\" or \"etcd\")"
         ))),
-        other => Err(msg(format!(
+        other => Err(usage(format!(
             "unknown backend {other:?}: shylock render reads etcd (backend \"etcdv3\" or \"etcd\")"
         ))),
     }
@@ -332,37 +333,6 @@ fn read(path: &Path) -> Result<ConfdToml, Error> {
         ));
     }
     ConfdToml::deserialize(toml::Value::Table(table)).map_err(|e| err(e.message().to_owned()))
-}
-
-/// confd's `getBackendNodesFromSRV`: `scheme://target:port` for each record.
-fn srv_endpoints(record: &str, scheme: &str) -> Result<Vec<String>, Error> {
-    let (service, rest) = record
-        .strip_prefix('_')
-        .and_then(|r| r.split_once("._"))
-        .ok_or_else(|| {
-            msg(format!(
-                "SRV record {record:?}: expected _service._proto.domain"
-            ))
-        })?;
-    let (proto, name) = rest.split_once('.').ok_or_else(|| {
-        msg(format!(
-            "SRV record {record:?}: expected _service._proto.domain"
-        ))
-    })?;
-    let records = super::srv::lookup(service, proto, name).map_err(|e| {
-        msg(format!(
-            "cannot get etcd nodes from SRV record {record}: {e}"
-        ))
-    })?;
-    if records.is_empty() {
-        return Err(msg(format!(
-            "cannot get etcd nodes from SRV record {record}: no records"
-        )));
-    }
-    Ok(records
-        .iter()
-        .map(|r| format!("{scheme}://{}:{}", r.target.trim_end_matches('.'), r.port))
-        .collect())
 }
 
 #[cfg(test)]

@@ -235,7 +235,7 @@ fn register(env: &mut Environment<'static>, store: Shared) {
     env.add_function(
         "lookupSRV",
         |service: String, proto: String, name: String| -> Vec<Value> {
-            super::srv::lookup_sorted(&service, &proto, &name)
+            crate::srv::lookup_sorted(&service, &proto, &name)
                 .iter()
                 .map(|r| {
                     let map: BTreeMap<&str, Value> = [

@@ -19,7 +19,6 @@ mod gotemplate;
 mod gotime;
 mod jinja;
 mod resource;
-mod srv;
 mod store;
 mod template;
 
@@ -81,10 +80,6 @@ pub struct RenderArgs {
     /// --noop write it (confd's -keep-stage-file).
     #[arg(long)]
     pub keep_stage_file: bool,
-
-    /// Log level: debug, info, warn, error (SHYLOCK_LOG, when set, wins).
-    #[arg(long)]
-    pub log_level: Option<String>,
 
     /// confd's backend: "etcdv3" or "etcd" (both etcd's v3 API, as in
     /// confd); any other is an error.
@@ -194,12 +189,14 @@ pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
     if args.onetime || settings.noop {
         let all: Vec<usize> = (0..resources.len()).collect();
         let failed = batch(&resources, &mut states, &all, &live, mode, &args).await;
+        let text = format!(
+            "{failed} of {} template resource(s) failed",
+            resources.len()
+        );
         return match failed {
             0 => Ok(()),
-            n => Err(msg(format!(
-                "{n} of {} template resource(s) failed",
-                resources.len()
-            ))),
+            n if n < resources.len() => Err(Box::new(crate::exit::Partial(text))),
+            _ => Err(msg(text)),
         };
     }
 
@@ -224,7 +221,18 @@ pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
             // SIGTERM ends a render or command at once: nothing is
             // installed after it (a staged file is removed as it drops).
             tokio::select! {
-                _ = batch(&resources, &mut states, &due, &live, mode, &args) => continue,
+                failed = batch(&resources, &mut states, &due, &live, mode, &args) => {
+                    // Ready once every resource had its first render
+                    // (a failed one is retried; the status names it).
+                    if states.iter().all(|s| s.dirty.is_none()) {
+                        crate::notify::ready(&format!("{} resources rendered", resources.len()));
+                    }
+                    crate::notify::status(&match failed {
+                        0 => format!("rendered {} resource(s)", due.len()),
+                        n => format!("{n} resource(s) failed; retrying"),
+                    });
+                    continue;
+                }
                 () = stop.wait() => return Ok(()),
             }
         }

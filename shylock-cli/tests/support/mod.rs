@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod dns;
+
 pub use shylock::testing::{shared_server, unique_prefix, EtcdOptions, EtcdServer};
 
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -72,9 +74,13 @@ impl Mount {
             .arg(&path)
             .args(["--prefix", prefix])
             .args(extra)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .envs(env.iter().copied());
+        Self::spawn(command, dir, path, extra.contains(&"--uid"))
+    }
+
+    /// Runs a mount command line of the caller's, and waits until it serves.
+    pub fn spawn(mut command: Command, dir: tempfile::TempDir, path: PathBuf, uid: bool) -> Mount {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("run shylock");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let mut stderr = child.stderr.take().unwrap();
@@ -119,7 +125,7 @@ impl Mount {
         Mount {
             child: Some(child),
             log,
-            uid: extra.contains(&"--uid"),
+            uid,
             dir,
             path,
         }

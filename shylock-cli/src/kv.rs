@@ -8,6 +8,24 @@ use serde_json::{json, Value};
 
 use crate::exit::{usage, Error};
 
+/// The key argument of `get`, `del` and `watch`, and their `--prefix`.
+#[derive(Debug, clap::Args)]
+pub struct KeyArgs {
+    /// The key; with --prefix, the key and every key under KEY/.
+    #[arg(id = "KEY")]
+    pub key: String,
+
+    /// Also every key under KEY/ (never KEY-other or KEYother).
+    #[arg(long)]
+    pub prefix: bool,
+}
+
+impl KeyArgs {
+    pub fn scope(&self) -> Result<Scope, Error> {
+        Scope::new(&self.key, self.prefix)
+    }
+}
+
 /// The keys one command is about.
 #[derive(Clone, Debug)]
 pub struct Scope {

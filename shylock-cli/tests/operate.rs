@@ -176,17 +176,8 @@ async fn exit_codes_are_the_same_across_commands() {
 
     // 4: some of the work done. Two resources, one of them broken.
     let c = Confdir::new();
-    let out = c.path("good.out");
-    c.template("good.tmpl", "v={{getv \"/v\"}}\n")
-        .template("bad.tmpl", "{{getv \"/missing\"}}\n")
-        .resource(
-            "good",
-            &format!("[template]\nsrc = \"good.tmpl\"\ndest = \"{}\"\nprefix = \"{p}\"\nkeys = [\"/v\"]\n", out.display()),
-        )
-        .resource(
-            "bad",
-            &format!("[template]\nsrc = \"bad.tmpl\"\ndest = \"{}\"\nprefix = \"{p}\"\nkeys = [\"/missing\"]\n", c.path("bad.out").display()),
-        );
+    let out = c.single("good", "v={{getv \"/v\"}}\n", &p, "/v");
+    c.single("bad", "{{getv \"/missing\"}}\n", &p, "/missing");
     let partial = c.render(&ep, &["-onetime"]);
     assert_eq!(partial.status.code(), Some(4), "{}", stderr(&partial));
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "v=1\n");
@@ -248,14 +239,7 @@ async fn endpoints_found_through_dns_srv_records() {
 
     // confd's -srv-domain: _etcd._tcp.<domain>.
     let c = Confdir::new();
-    let dest = c.path("out");
-    c.template("t", "{{getv \"/v\"}}\n").resource(
-        "r",
-        &format!(
-            "[template]\nsrc = \"t\"\ndest = \"{}\"\nprefix = \"{p}\"\nkeys = [\"/v\"]\n",
-            dest.display()
-        ),
-    );
+    let dest = c.single("r", "{{getv \"/v\"}}\n", &p, "/v");
     let out = dns
         .command(&bin)
         .args([

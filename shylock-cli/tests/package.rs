@@ -207,15 +207,7 @@ async fn the_deb_installs_its_units_run_and_it_purges_cleanly() {
 
     // shylock-render.service, CONFDIR from /etc/default/shylock-render.
     let c = Confdir::new();
-    let dest = c.path("app.conf");
-    c.template("app.tmpl", "port {{getv \"/port\"}}\n")
-        .resource(
-            "app",
-            &format!(
-            "[template]\nsrc = \"app.tmpl\"\ndest = \"{}\"\nprefix = \"{p}\"\nkeys = [\"/port\"]\n",
-            dest.display()
-        ),
-        );
+    let dest = c.single("app", "port {{getv \"/port\"}}\n", &p, "/port");
     let confdir = c.dir.path().display().to_string();
     let words = exec_start("shylock-render.service", "", &[("CONFDIR", &confdir)]);
     assert_eq!(

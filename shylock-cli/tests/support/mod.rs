@@ -367,6 +367,20 @@ impl Confdir {
         self
     }
 
+    /// A resource `name` rendering `template` from the keys under
+    /// `prefix` + `key` into `<confdir>/<name>.out`; returns that path.
+    pub fn single(&self, name: &str, template: &str, prefix: &str, key: &str) -> PathBuf {
+        let dest = self.path(&format!("{name}.out"));
+        self.template(&format!("{name}.tmpl"), template).resource(
+            name,
+            &format!(
+                "[template]\nsrc = \"{name}.tmpl\"\ndest = \"{}\"\nprefix = \"{prefix}\"\nkeys = [\"{key}\"]\n",
+                dest.display()
+            ),
+        );
+        dest
+    }
+
     /// A script that appends a line to `log` and exits with `code`.
     pub fn script(&self, name: &str, body: &str) -> String {
         let path = self.path(name);

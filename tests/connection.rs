@@ -38,6 +38,45 @@ async fn unreachable_etcd_fails_fast_naming_the_endpoints() {
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_endpoint_in_the_list_is_skipped_not_reported() {
+    let server = shared_server();
+    let p = unique_prefix("dead-endpoint");
+    let mut etcd = etcd(&[server.endpoint()]).await;
+    put(&mut etcd, &format!("{p}/a"), "1").await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    // A client that knows a member that is down (first or last) starts and
+    // answers every request: a request refused at connect was never sent,
+    // so it goes to another member, within the startup timeout.
+    for endpoints in [
+        [dead.clone(), server.endpoint()],
+        [server.endpoint(), dead.clone()],
+    ] {
+        for _ in 0..10 {
+            let client = shylock::Client::connect(ConnectOptions::new(endpoints.clone()))
+                .await
+                .unwrap();
+            let live = client
+                .config::<Small>(&p)
+                .await
+                .unwrap_or_else(|e| panic!("{endpoints:?}: {e}"));
+            assert_eq!(live.load().a, 1);
+            let key = format!("{p}/a");
+            let value = client
+                .request("get", |mut etcd| {
+                    let key = key.clone();
+                    async move { etcd.get(key, None).await }
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{endpoints:?}: {e}"));
+            assert_eq!(value.kvs()[0].value(), b"1");
+        }
+    }
+}
+
 /// The sum of one of etcd's own metrics over the series whose labels
 /// contain `labels`, from its `/metrics` page.
 fn metric(endpoint: &str, name: &str, labels: &str) -> u64 {

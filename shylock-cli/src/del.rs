@@ -5,17 +5,12 @@ use serde_json::json;
 
 use crate::connect::ConnectArgs;
 use crate::exit::Error;
-use crate::kv::{emit, json_line, Scope};
+use crate::kv::{emit, json_line, KeyArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct DelArgs {
-    /// The key; with --prefix, the key and every key under KEY/.
-    #[arg(id = "KEY")]
-    pub key: String,
-
-    /// Also every key under KEY/ (never KEY-other or KEYother).
-    #[arg(long)]
-    pub prefix: bool,
+    #[command(flatten)]
+    pub target: KeyArgs,
 
     /// Print JSON ({"deleted": N, "revision": R}) instead of the count.
     #[arg(long)]
@@ -23,7 +18,7 @@ pub struct DelArgs {
 }
 
 pub async fn run(connect: &ConnectArgs, args: DelArgs) -> Result<(), Error> {
-    let scope = Scope::new(&args.key, args.prefix)?;
+    let scope = args.target.scope()?;
     let client = shylock::Client::connect(connect.options()?).await?;
     let mut ops = Vec::new();
     if !scope.key.is_empty() {
@@ -35,14 +30,13 @@ pub async fn run(connect: &ConnectArgs, args: DelArgs) -> Result<(), Error> {
             Some(etcd_client::DeleteOptions::new().with_prefix()),
         ));
     }
+    let txn = etcd_client::Txn::new().and_then(ops);
     let response = client
-        .etcd()
-        .txn(etcd_client::Txn::new().and_then(ops))
-        .await
-        .map_err(|e| shylock::Error::Etcd {
-            context: format!("delete {}", args.key),
-            source: e,
-        })?;
+        .request(&format!("delete {}", args.target.key), |mut etcd| {
+            let txn = txn.clone();
+            async move { etcd.txn(txn).await }
+        })
+        .await?;
     let deleted: i64 = response
         .op_responses()
         .iter()

@@ -7,18 +7,12 @@ use serde_json::json;
 
 use crate::connect::ConnectArgs;
 use crate::exit::{msg, Error};
-use crate::kv::{bytes_json, emit, json_line, text_entry, Scope};
+use crate::kv::{bytes_json, emit, json_line, text_entry, KeyArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// The key; with --prefix, the key and every key under KEY/.
-    #[arg(id = "KEY")]
-    pub key: String,
-
-    /// Every key under KEY/ (and KEY itself), printed as etcdctl prints
-    /// them: the key on a line, then the value.
-    #[arg(long)]
-    pub prefix: bool,
+    #[command(flatten)]
+    pub target: KeyArgs,
 
     /// Print JSON: the revision read, and each key with its value and
     /// revisions (a value that is not UTF-8 as {"base64": ...}).
@@ -31,7 +25,7 @@ pub struct GetArgs {
 }
 
 pub async fn run(connect: &ConnectArgs, args: GetArgs) -> Result<(), Error> {
-    let scope = Scope::new(&args.key, args.prefix)?;
+    let scope = args.target.scope()?;
     let client = shylock::Client::connect(connect.options()?).await?;
     let mut options = etcd_client::GetOptions::new();
     if scope.prefix {
@@ -47,13 +41,11 @@ pub async fn run(connect: &ConnectArgs, args: GetArgs) -> Result<(), Error> {
         &scope.key
     };
     let response = client
-        .etcd()
-        .get(from.as_bytes(), Some(options))
-        .await
-        .map_err(|e| shylock::Error::Etcd {
-            context: format!("get {}", args.key),
-            source: e,
-        })?;
+        .request(&format!("get {}", args.target.key), |mut etcd| {
+            let (from, options) = (from.to_owned(), options.clone());
+            async move { etcd.get(from, Some(options)).await }
+        })
+        .await?;
     let revision = response.header().map_or(0, |h| h.revision());
     let kvs: Vec<_> = response
         .kvs()
@@ -61,7 +53,7 @@ pub async fn run(connect: &ConnectArgs, args: GetArgs) -> Result<(), Error> {
         .filter(|kv| scope.covers(kv.key()))
         .collect();
     if kvs.is_empty() && !scope.prefix {
-        return Err(msg(format!("no key {} in etcd", args.key)));
+        return Err(msg(format!("no key {} in etcd", args.target.key)));
     }
     let mut out = std::io::stdout().lock();
     if args.json {

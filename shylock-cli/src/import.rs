@@ -57,11 +57,15 @@ pub async fn run(connect: &ConnectArgs, args: ImportArgs) -> Result<(), Error> {
     let desired = read_source(&args.file, args.format, args.follow_links)?;
     let base = args.prefix.trim_end_matches('/').to_owned();
     let client = shylock::Client::connect(connect.options()?).await?;
-    let mut etcd = client.etcd();
-    let current = etcd
-        .get(format!("{base}/"), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(|e| msg(format!("cannot read {base}/: {e}")))?;
+    let current = client
+        .request(&format!("read {base}/"), |mut etcd| {
+            let prefix = format!("{base}/");
+            async move {
+                etcd.get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+            }
+        })
+        .await?;
     let revision = current.header().map_or(0, |h| h.revision());
     let current: BTreeMap<String, Vec<u8>> = current
         .kvs()
@@ -123,10 +127,13 @@ pub async fn run(connect: &ConnectArgs, args: ImportArgs) -> Result<(), Error> {
         // One transaction, and only if nothing under the prefix changed since it was read.
         let unchanged =
             Compare::mod_revision(format!("{base}/"), CompareOp::Less, revision + 1).with_prefix();
-        let response = etcd
-            .txn(Txn::new().when([unchanged]).and_then(txn_ops(&ops)))
-            .await
-            .map_err(|e| msg(format!("import into {base}/ failed: {e}")))?;
+        let txn = Txn::new().when([unchanged]).and_then(txn_ops(&ops));
+        let response = client
+            .request(&format!("import into {base}/"), |mut etcd| {
+                let txn = txn.clone();
+                async move { etcd.txn(txn).await }
+            })
+            .await?;
         if !response.succeeded() {
             return Err(msg(format!(
                 "keys under {base}/ changed while importing; nothing was written, run it again"
@@ -141,14 +148,23 @@ pub async fn run(connect: &ConnectArgs, args: ImportArgs) -> Result<(), Error> {
     }
     let total = ops.len();
     for (i, chunk) in ops.chunks(batch).enumerate() {
-        etcd.txn(Txn::new().and_then(txn_ops(chunk)))
-            .await
-            .map_err(|e| {
-                msg(format!(
-                    "import into {base}/ failed after {} of {total} changes: {e}",
-                    i * batch
-                ))
-            })?;
+        let txn = Txn::new().and_then(txn_ops(chunk));
+        let written = client
+            .request(&format!("import into {base}/"), |mut etcd| {
+                let txn = txn.clone();
+                async move { etcd.txn(txn).await }
+            })
+            .await;
+        if let Err(error) = written {
+            if i == 0 {
+                return Err(error.into());
+            }
+            // Some batches are in etcd: exit code 4 says so.
+            return Err(Box::new(crate::exit::Partial(format!(
+                "import into {base}/ failed after {} of {total} changes: {error}",
+                i * batch
+            ))));
+        }
         eprint!("\rimported {}/{total}", (i * batch + chunk.len()));
     }
     eprintln!(

@@ -42,13 +42,11 @@ pub async fn run(connect: &ConnectArgs, args: PutArgs) -> Result<(), Error> {
     };
     let client = shylock::Client::connect(connect.options()?).await?;
     let response = client
-        .etcd()
-        .put(args.key.as_bytes(), value, None)
-        .await
-        .map_err(|e| shylock::Error::Etcd {
-            context: format!("put {}", args.key),
-            source: e,
-        })?;
+        .request(&format!("put {}", args.key), |mut etcd| {
+            let (key, value) = (args.key.clone(), value.clone());
+            async move { etcd.put(key, value, None).await }
+        })
+        .await?;
     if args.json {
         let revision = response.header().map_or(0, |h| h.revision());
         emit(

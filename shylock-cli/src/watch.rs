@@ -11,17 +11,12 @@ use tokio::sync::mpsc;
 
 use crate::connect::ConnectArgs;
 use crate::exit::{msg, Error};
-use crate::kv::{bytes_json, emit, json_line, Scope};
+use crate::kv::{bytes_json, emit, json_line, KeyArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct WatchArgs {
-    /// The key; with --prefix, the key and every key under KEY/.
-    #[arg(id = "KEY")]
-    pub key: String,
-
-    /// Every key under KEY/ (and KEY itself).
-    #[arg(long)]
-    pub prefix: bool,
+    #[command(flatten)]
+    pub target: KeyArgs,
 
     /// One JSON object per change: {"type": "PUT" or "DELETE", "key",
     /// "value" (PUT only), "revision"}.
@@ -33,7 +28,7 @@ pub struct WatchArgs {
 type Change = (String, Option<Vec<u8>>, i64);
 
 pub async fn run(connect: &ConnectArgs, args: WatchArgs) -> Result<(), Error> {
-    let scope = Scope::new(&args.key, args.prefix)?;
+    let scope = args.target.scope()?;
     let client = shylock::Client::connect(connect.options()?).await?;
     let (tx, mut changes) = mpsc::unbounded_channel::<Vec<Change>>();
     let mut known: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -91,7 +86,7 @@ pub async fn run(connect: &ConnectArgs, args: WatchArgs) -> Result<(), Error> {
         &scope.key
     };
     let (revision, _watch) = client.watch_trees(&[root], true, handler).await?;
-    tracing::info!(revision, key = %args.key, "watching");
+    tracing::info!(revision, key = %args.target.key, "watching");
     let mut stop = crate::signals::Stop::new()?;
     let mut out = std::io::stdout().lock();
     loop {

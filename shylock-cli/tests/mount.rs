@@ -553,7 +553,11 @@ fn errors_say_what_to_do() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert_eq!(unreachable.status.code(), Some(1));
+    assert_eq!(
+        unreachable.status.code(),
+        Some(3),
+        "exit code 3: etcd unreachable"
+    );
     let stderr = String::from_utf8_lossy(&unreachable.stderr);
     assert!(
         stderr.contains("could not reach etcd at http://127.0.0.1:1"),

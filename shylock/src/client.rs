@@ -1,5 +1,6 @@
 //! The connection to etcd, shared by every live config of a process.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -306,15 +307,93 @@ impl Client {
             .await
             .map_err(|_| self.unreachable("timed out".to_owned()))??;
         let timeout = self.inner.options.startup_timeout;
-        tokio::time::timeout(timeout, load::read(&self.inner.etcd, dependencies, None))
-            .await
-            .map_err(|_| self.unreachable("timed out".to_owned()))?
-            .map_err(|e| match e {
+        let read = self.unsent_retried(|etcd| async move {
+            match load::read(&etcd, dependencies, None).await {
+                Err(Error::Etcd { source, .. }) if never_sent(&source) => Err(Some(source)),
+                other => Ok(other),
+            }
+        });
+        match tokio::time::timeout(timeout, read).await {
+            Err(_) | Ok(Err(None)) => Err(self.unreachable("timed out".to_owned())),
+            Ok(Err(Some(source))) => Err(self.unreachable(source.to_string())),
+            Ok(Ok(result)) => result.map_err(|e| match e {
                 Error::Etcd { source, .. } if is_connection_error(&source) => {
                     self.unreachable(source.to_string())
                 }
                 other => other,
-            })
+            }),
+        }
+    }
+
+    /// Runs one etcd request, such as a put or a transaction: `call` gets
+    /// the client (authenticated, if a user is set) and makes the request.
+    /// A request refused at connect by one member was never sent, so it is
+    /// made again (and the client's balancer tries another member) until
+    /// the startup timeout: one member down does not fail it. Other errors
+    /// are returned at once; none of etcd's connection errors is retried
+    /// once a request may have reached etcd.
+    ///
+    /// ```no_run
+    /// # async fn f(client: shylock::Client) -> shylock::Result<()> {
+    /// let response = client
+    ///     .request("put /app/port", |mut etcd| async move { etcd.put("/app/port", "8080", None).await })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn request<T, F, Fut>(&self, context: &str, mut call: F) -> Result<T>
+    where
+        F: FnMut(etcd_client::Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let timeout = self.inner.options.startup_timeout;
+        tokio::time::timeout(timeout, self.authenticate())
+            .await
+            .map_err(|_| self.unreachable("timed out".to_owned()))??;
+        let attempts = self.unsent_retried(|etcd| {
+            let call = call(etcd);
+            async move {
+                match call.await {
+                    Err(source) if never_sent(&source) => Err(Some(source)),
+                    other => Ok(other),
+                }
+            }
+        });
+        match tokio::time::timeout(timeout, attempts).await {
+            Err(_) | Ok(Err(None)) => Err(self.unreachable("timed out".to_owned())),
+            Ok(Err(Some(source))) => Err(self.unreachable(source.to_string())),
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(source))) if is_connection_error(&source) => {
+                Err(self.unreachable(source.to_string()))
+            }
+            Ok(Ok(Err(source))) => Err(Error::Etcd {
+                context: context.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Calls `attempt` until it is not refused at connect (`Err(Some)`: the
+    /// refusal, kept to report it), backing off from 5 ms to 200 ms. The
+    /// caller bounds it with the startup timeout.
+    async fn unsent_retried<T, F, Fut>(
+        &self,
+        mut attempt: F,
+    ) -> std::result::Result<T, Option<etcd_client::Error>>
+    where
+        F: FnMut(etcd_client::Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Option<etcd_client::Error>>>,
+    {
+        let mut delay = Duration::from_millis(5);
+        loop {
+            match attempt(self.inner.etcd.clone()).await {
+                Err(Some(refused)) => {
+                    tracing::debug!(error = %refused, "a member refused the connection; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Like [`config`](Client::config), under the struct's
@@ -365,6 +444,21 @@ impl Client {
             timeout: self.inner.options.startup_timeout,
             cause,
         }
+    }
+}
+
+/// A request that failed before it was sent: no connection could be made
+/// to the member the balancer chose (refused, unroutable, TLS handshake
+/// failed). Repeating it cannot apply it twice.
+fn never_sent(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) => true,
+        // tonic reports a failed connect as UNAVAILABLE "tcp connect error"
+        // (or "error trying to connect: ...").
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() as i32 == 14 && status.message().contains("connect")
+        }
+        _ => false,
     }
 }
 

@@ -34,7 +34,7 @@ const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct EtcdFs {
     view: Arc<RwLock<View>>,
-    etcd: etcd_client::Client,
+    client: shylock::Client,
     runtime: tokio::runtime::Handle,
     /// The mounted prefix without its trailing `/`: a key is `base/relative`.
     base: String,
@@ -122,14 +122,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl EtcdFs {
     pub fn new(
         view: Arc<RwLock<View>>,
-        etcd: etcd_client::Client,
+        client: shylock::Client,
         runtime: tokio::runtime::Handle,
         settings: Settings,
         invalidations: Invalidations,
     ) -> Self {
         EtcdFs {
             view,
-            etcd,
+            client,
             runtime,
             base: settings.base,
             owner: settings.owner,
@@ -211,20 +211,23 @@ impl EtcdFs {
         self.attr_of(ino, node)
     }
 
-    /// Runs one etcd request from a handler thread, with a timeout.
-    fn etcd<T>(
-        &self,
-        what: &str,
-        call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, Errno> {
+    /// Runs one etcd request from a handler thread, with a timeout (made
+    /// again on another member if one refuses the connection).
+    fn etcd<T, F, Fut>(&self, what: &str, call: F) -> Result<T, Errno>
+    where
+        F: FnMut(etcd_client::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let request = self.client.request(what, call);
         match self
             .runtime
-            .block_on(async { tokio::time::timeout(ETCD_TIMEOUT, call).await })
+            .block_on(async { tokio::time::timeout(ETCD_TIMEOUT, request).await })
         {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(etcd_client::Error::GRpcStatus(status)))
-                if matches!(status.code() as i32, 7 | 16) =>
-            {
+            Ok(Err(shylock::Error::Etcd {
+                source: etcd_client::Error::GRpcStatus(status),
+                ..
+            })) if matches!(status.code() as i32, 7 | 16) => {
                 tracing::warn!(what, error = %status.message(), "etcd refused (permission)");
                 Err(Errno::EACCES)
             }
@@ -256,18 +259,22 @@ impl EtcdFs {
                 .and_then([put]),
             Conflicts::Lww => Txn::new().and_then([put]),
         };
-        let mut kv = self.etcd.kv_client();
-        let result = self.etcd(&key, kv.txn(txn)).and_then(|response| {
-            if response.succeeded() {
-                Ok(response.header().map_or(0, |h| h.revision()))
-            } else {
-                tracing::warn!(
-                    key,
-                    "write refused: the key changed since the file was opened"
-                );
-                Err(Errno::ESTALE)
-            }
-        });
+        let result = self
+            .etcd(&key, |mut etcd| {
+                let txn = txn.clone();
+                async move { etcd.txn(txn).await }
+            })
+            .and_then(|response| {
+                if response.succeeded() {
+                    Ok(response.header().map_or(0, |h| h.revision()))
+                } else {
+                    tracing::warn!(
+                        key,
+                        "write refused: the key changed since the file was opened"
+                    );
+                    Err(Errno::ESTALE)
+                }
+            });
         let revision = match result {
             Ok(revision) => revision,
             Err(errno) => {
@@ -486,9 +493,11 @@ impl EtcdFs {
             return Ok(());
         }
         let abs = self.abs(&key);
-        let mut kv = self.etcd.kv_client();
         // One key, never a prefix.
-        self.etcd(&abs, kv.delete(abs.clone(), None))?;
+        self.etcd(&abs, |mut etcd| {
+            let abs = abs.clone();
+            async move { etcd.delete(abs, None).await }
+        })?;
         let mut view = self.write_view();
         view.set(&key, None);
         keep_dir(&mut view, prefix);
@@ -557,8 +566,10 @@ impl EtcdFs {
                 TxnOp::put(to_abs.clone(), value.bytes.to_vec(), None),
                 TxnOp::delete(from_abs.clone(), None),
             ]);
-        let mut kv = self.etcd.kv_client();
-        let response = self.etcd(&from_abs, kv.txn(txn))?;
+        let response = self.etcd(&from_abs, |mut etcd| {
+            let txn = txn.clone();
+            async move { etcd.txn(txn).await }
+        })?;
         if !response.succeeded() {
             return Err(Errno::ESTALE);
         }

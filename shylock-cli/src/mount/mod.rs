@@ -52,7 +52,7 @@ pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
     };
     let filesystem = fs::EtcdFs::new(
         view,
-        client.etcd(),
+        client.clone(),
         tokio::runtime::Handle::current(),
         settings,
         invalidations,

@@ -58,6 +58,12 @@ pub enum Command {
     Del(crate::del::DelArgs),
     /// Print the changes of a key, or of the keys under a prefix, as they come.
     Watch(crate::watch::WatchArgs),
+    /// Show the instances following a prefix (from their --report): the
+    /// revision each runs, how far behind, what it rejected and why.
+    Status(crate::status::StatusArgs),
+    /// Wait until the instances following a prefix run a revision; fail
+    /// naming any that rejected it.
+    Wait(crate::wait::WaitArgs),
     /// Print shell completions.
     Completions(crate::docs::CompletionsArgs),
     /// Write man pages.
@@ -128,6 +134,8 @@ impl Cli {
             Command::Put(args) => crate::put::run(&self.connect, args).await,
             Command::Del(args) => crate::del::run(&self.connect, args).await,
             Command::Watch(args) => crate::watch::run(&self.connect, args).await,
+            Command::Status(args) => crate::status::run(&self.connect, args).await,
+            Command::Wait(args) => crate::wait::run(&self.connect, args).await,
             Command::Completions(args) => crate::docs::completions(args),
             Command::Man(args) => crate::docs::man(args),
         }

@@ -10,10 +10,10 @@ use tokio::sync::mpsc;
 /// Keys (full etcd keys) and values.
 pub type Keys = BTreeMap<String, Vec<u8>>;
 
-/// The copy the watch updates. Readers take the inner `Arc` (no copy); the
-/// watch changes it in place unless a reader still holds it, and only then
-/// copies it (`Arc::make_mut`).
-type Shared = Arc<Mutex<Arc<Keys>>>;
+/// The copy the watch updates, and the etcd revision it is at. Readers take
+/// the inner `Arc` (no copy); the watch changes it in place unless a reader
+/// still holds it, and only then copies it (`Arc::make_mut`).
+type Shared = Arc<Mutex<(Arc<Keys>, i64)>>;
 
 pub struct LiveKeys {
     keys: Shared,
@@ -51,19 +51,24 @@ impl LiveKeys {
                 return;
             }
             let mut shared = copy.lock().unwrap_or_else(PoisonError::into_inner);
-            let keys = Arc::make_mut(&mut shared);
+            let (keys, at) = &mut *shared;
+            let keys = Arc::make_mut(keys);
             let changed = match event {
-                TreeEvent::Changed { changes, .. } => changes
-                    .iter()
-                    .map(|(key, value, _)| {
-                        match value {
-                            Some(value) => keys.insert(key.clone(), value.clone()),
-                            None => keys.remove(key),
-                        };
-                        key.clone()
-                    })
-                    .collect(),
-                TreeEvent::Replaced { tree, .. } => {
+                TreeEvent::Changed { changes, revision } => {
+                    *at = revision;
+                    changes
+                        .iter()
+                        .map(|(key, value, _)| {
+                            match value {
+                                Some(value) => keys.insert(key.clone(), value.clone()),
+                                None => keys.remove(key),
+                            };
+                            key.clone()
+                        })
+                        .collect()
+                }
+                TreeEvent::Replaced { tree, revision } => {
+                    *at = revision;
                     let mut changed: Vec<String> = keys.keys().cloned().collect();
                     keys.clear();
                     keys.extend(tree.iter().map(|(k, e)| (k.to_owned(), e.value.to_vec())));
@@ -90,6 +95,11 @@ impl LiveKeys {
     /// The keys as they are now. Drop it before the next change arrives,
     /// or that change has to copy every key.
     pub fn snapshot(&self) -> Arc<Keys> {
+        self.snapshot_at().0
+    }
+
+    /// The keys as they are now, and the etcd revision they are at.
+    pub fn snapshot_at(&self) -> (Arc<Keys>, i64) {
         self.keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -148,6 +148,9 @@ pub struct RenderArgs {
     /// Time limit of one render.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub render_timeout: Duration,
+
+    #[command(flatten)]
+    pub report: crate::reporting::ReportArgs,
 }
 
 impl RenderArgs {
@@ -169,6 +172,8 @@ struct State {
     retry: Option<(Instant, Duration)>,
     /// The file changed and its reload has not succeeded yet.
     needs_reload: bool,
+    /// Why the last attempt failed, until one succeeds.
+    error: Option<String>,
 }
 
 pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
@@ -188,7 +193,7 @@ pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
 
     if args.onetime || settings.noop {
         let all: Vec<usize> = (0..resources.len()).collect();
-        let failed = batch(&resources, &mut states, &all, &live, mode, &args).await;
+        let (failed, _) = batch(&resources, &mut states, &all, &live, mode, &args).await;
         let text = format!(
             "{failed} of {} template resource(s) failed",
             resources.len()
@@ -200,6 +205,8 @@ pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
         };
     }
 
+    let reporter = args.report.start(&client, "render")?;
+    let mut reports = reports(reporter.as_ref(), &resources);
     let mut stop = crate::signals::Stop::new()?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let now = Instant::now();
@@ -221,7 +228,8 @@ pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
             // SIGTERM ends a render or command at once: nothing is
             // installed after it (a staged file is removed as it drops).
             tokio::select! {
-                failed = batch(&resources, &mut states, &due, &live, mode, &args) => {
+                (failed, revision) = batch(&resources, &mut states, &due, &live, mode, &args) => {
+                    publish(&reports, &resources, &states, revision);
                     // Ready once every resource had its first render
                     // (a failed one is retried; the status names it).
                     if states.iter().all(|s| s.dirty.is_none()) {
@@ -277,6 +285,7 @@ pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
                         live = LiveKeys::follow_many(&client, &watched(&new), true).await?;
                     }
                     resources = new;
+                    reports = self::reports(reporter.as_ref(), &resources);
                     let now = Instant::now();
                     states = resources.iter().map(|_| State { dirty: Some((now, now)), ..State::default() }).collect();
                 }
@@ -337,18 +346,22 @@ async fn batch(
     live: &LiveKeys,
     mode: Mode,
     args: &RenderArgs,
-) -> usize {
+) -> (usize, i64) {
     // One copy of the keys for the whole batch.
-    let keys = live.snapshot();
+    let (keys, revision) = live.snapshot_at();
     let mut failed = vec![false; resources.len()];
     let mut reloads: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for &i in due {
         let (resource, state) = (&resources[i], &mut states[i]);
         state.dirty = None;
         match apply::install(resource, &keys, mode, args).await {
-            Ok(changed) => state.needs_reload |= changed && mode == Mode::Write,
+            Ok(changed) => {
+                state.needs_reload |= changed && mode == Mode::Write;
+                state.error = None;
+            }
             Err(error) => {
                 tracing::error!(resource = %resource.name, %error, "not rendered; the old file stays");
+                state.error = Some(format!("{}: {error}", resource.name));
                 failed[i] = true;
             }
         }
@@ -370,6 +383,7 @@ async fn batch(
                 tracing::error!(%error, "reload failed; it will be retried");
                 for i in users {
                     failed[i] = true;
+                    states[i].error = Some(format!("{}: {error}", resources[i].name));
                 }
             }
         }
@@ -386,5 +400,50 @@ async fn batch(
             None
         };
     }
-    failed.iter().filter(|f| **f).count()
+    (failed.iter().filter(|f| **f).count(), revision)
+}
+
+/// One report per resource prefix (`--report`).
+type Reports = BTreeMap<String, shylock::Report>;
+
+fn reports(reporter: Option<&shylock::Reporter>, resources: &[Resource]) -> Reports {
+    let Some(reporter) = reporter else {
+        return Reports::new();
+    };
+    let mut reports = Reports::new();
+    for resource in resources {
+        reports.entry(resource.prefix.clone()).or_insert_with(|| {
+            let dependencies: Vec<shylock::Dependency> = resources
+                .iter()
+                .filter(|r| r.prefix == resource.prefix)
+                .flat_map(|r| r.scopes.iter())
+                .map(|scope| shylock::Dependency {
+                    key: scope.clone(),
+                    kind: shylock::DependencyKind::Prefix,
+                    secret: false,
+                    required: false,
+                })
+                .collect();
+            reporter.report(&resource.prefix, &dependencies)
+        });
+    }
+    reports
+}
+
+/// After a batch: a prefix whose resources all rendered runs `revision`;
+/// one with a failed resource rejected it, with the reasons.
+fn publish(reports: &Reports, resources: &[Resource], states: &[State], revision: i64) {
+    for (prefix, report) in reports {
+        let errors: Vec<&str> = resources
+            .iter()
+            .zip(states)
+            .filter(|(r, _)| &r.prefix == prefix)
+            .filter_map(|(_, s)| s.error.as_deref())
+            .collect();
+        if errors.is_empty() {
+            report.applied(revision);
+        } else {
+            report.rejected(revision, &errors.join("; "));
+        }
+    }
 }

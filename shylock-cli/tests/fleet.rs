@@ -1,0 +1,297 @@
+//! Fleet convergence against a real etcd: library processes
+//! (examples/fleet_member.rs) and a `render` daemon publish instance
+//! reports; `shylock status` and `shylock wait` read them.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use support::*;
+
+/// A fleet member process, stopped when dropped.
+struct Member {
+    daemon: Daemon,
+    log: PathBuf,
+    /// What it printed so far.
+    printed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Member {
+    /// Starts one and waits until it follows the config.
+    fn start(
+        endpoint: &str,
+        prefix: &str,
+        instance: &str,
+        min_port: u16,
+        extra: &[&str],
+    ) -> Member {
+        let binary = PathBuf::from(env!("CARGO_BIN_EXE_shylock"))
+            .parent()
+            .unwrap()
+            .join("examples/fleet_member");
+        assert!(
+            binary.exists(),
+            "{} not built (cargo test builds examples)",
+            binary.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("member.log");
+        let mut child = Command::new(&binary)
+            .args([endpoint, prefix, instance, &min_port.to_string()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let daemon = Daemon(child);
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().and_then(Result::ok);
+        assert_eq!(
+            first.as_deref(),
+            Some("following"),
+            "{instance}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let printed: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+        let sink = std::sync::Arc::clone(&printed);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Member {
+            daemon,
+            log,
+            printed,
+            _dir: dir,
+        }
+    }
+
+    fn printed(&self, line: &str) -> bool {
+        self.printed.lock().unwrap().iter().any(|l| l == line)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn status(endpoint: &str, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let out = shylock()
+        .args(["--endpoints", endpoint, "status"])
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.code(),
+        json,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The instances of a status document, by name: (applied, rejecting, reason).
+fn instances(status: &serde_json::Value) -> Vec<(String, i64, bool, String)> {
+    let mut all: Vec<_> = status["instances"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|i| {
+            (
+                i["instance"].as_str().unwrap().to_owned(),
+                i["applied_revision"].as_i64().unwrap(),
+                i["rejecting"].as_bool().unwrap(),
+                i["rejected"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+fn run(endpoint: &str, args: &[&str]) -> std::process::Output {
+    shylock()
+        .args(["--endpoints", endpoint])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_reports_status_names_rejections_and_wait_gates_on_them() {
+    let server = EtcdServer::start();
+    let ep = server.endpoint();
+    let p = "/fleet/web";
+    let mut etcd = etcd(&ep).await;
+    let r0 = put(&mut etcd, &format!("{p}/port"), "8080").await;
+
+    let a = Member::start(&ep, p, "a", 1, &["role=web"]);
+    let b = Member::start(&ep, p, "b", 1, &["role=web"]);
+    let c = Member::start(&ep, p, "c", 1000, &["role=batch"]);
+    let confdir = Confdir::new();
+    let rendered = confdir.single("web", "port {{getv \"/port\"}}\n", p, "/port");
+    let render = confdir.spawn(
+        &ep,
+        &[
+            "--report",
+            "--report-instance",
+            "render-1",
+            "--report-ttl",
+            "2s",
+        ],
+    );
+    wait_until("four reports at the first revision", || {
+        let (_, json, _) = status(&ep, &[p]);
+        let all = instances(&json);
+        all.len() == 4 && all.iter().all(|i| i.1 >= r0)
+    });
+    let (code, json, _) = status(&ep, &[p]);
+    assert_eq!(code, Some(0), "{json}");
+    assert_eq!(json["revision"].as_i64(), Some(r0));
+    let render_report = json["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["instance"] == "render-1")
+        .unwrap();
+    assert_eq!(render_report["program"], "shylock render");
+    let wait = run(
+        &ep,
+        &["wait", p, "--revision", &r0.to_string(), "--instances", "4"],
+    );
+    assert!(
+        wait.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wait.stderr)
+    );
+
+    // Port 100: a, b and the render accept it; c (at least 1000) refuses.
+    let r1 = put(&mut etcd, &format!("{p}/port"), "100").await;
+    let wait = run(
+        &ep,
+        &["wait", p, "--revision", &r1.to_string(), "--timeout", "10s"],
+    );
+    let stderr = String::from_utf8_lossy(&wait.stderr);
+    assert_eq!(wait.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("rejected by 1 instance(s): c:")
+            && stderr.contains("port 100 is below 1000"),
+        "{stderr}"
+    );
+    wait_until("a, b and the render at r1", || {
+        let (_, json, _) = status(&ep, &[p]);
+        instances(&json).iter().filter(|i| i.1 >= r1).count() == 3
+    });
+    let (code, json, _) = status(&ep, &[p]);
+    assert_eq!(code, Some(1), "a rejecting instance fails the gate: {json}");
+    let c_report = instances(&json).into_iter().find(|i| i.0 == "c").unwrap();
+    assert!(
+        c_report.2 && c_report.3.contains("port 100 is below 1000"),
+        "{c_report:?}"
+    );
+    let table = run(&ep, &["status", p]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("port 100 is below 1000") && text.contains("render-1"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read_to_string(&rendered).unwrap(), "port 100\n");
+    // The web role alone has converged.
+    let wait = run(&ep, &["wait", p, "--label", "role=web", "--instances", "2"]);
+    assert!(
+        wait.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wait.stderr)
+    );
+
+    // A killed instance's report goes with its lease (TTL 2 s).
+    b.daemon.kill();
+    wait_until("b's report to expire", || {
+        let (_, json, _) = status(&ep, &[p]);
+        !instances(&json).iter().any(|i| i.0 == "b")
+    });
+
+    // etcd restarted: the reports are there, and follow the next change.
+    server.stop();
+    server.restart();
+    let r2 = put(&mut etcd, &format!("{p}/port").to_owned(), "2000").await;
+    let wait = run(
+        &ep,
+        &[
+            "wait",
+            p,
+            "--revision",
+            &r2.to_string(),
+            "--instances",
+            "3",
+            "--timeout",
+            "10s",
+        ],
+    );
+    assert!(
+        wait.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&wait.stderr),
+        c.log()
+    );
+    let (code, json, _) = status(&ep, &[p]);
+    assert_eq!(code, Some(0), "{json}");
+    assert_eq!(
+        instances(&json)
+            .iter()
+            .map(|i| i.0.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "c", "render-1"]
+    );
+    drop((a, c));
+    assert!(render.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_that_cannot_write_reports_gets_a_warning_and_a_working_config() {
+    let server = EtcdServer::start();
+    let ep = server.endpoint();
+    let mut etcd = etcd(&ep).await;
+    put(&mut etcd, "/ro/port", "8080").await;
+    etcd.user_add("root", "root-pw", None).await.unwrap();
+    etcd.user_grant_role("root", "root").await.unwrap();
+    etcd.role_add("reader").await.unwrap();
+    etcd.role_grant_permission(
+        "reader",
+        etcd_client::Permission::read("/ro/").with_prefix(),
+    )
+    .await
+    .unwrap();
+    etcd.user_add("app", "app-pw", None).await.unwrap();
+    etcd.user_grant_role("app", "reader").await.unwrap();
+    etcd.auth_enable().await.unwrap();
+
+    let member = Member::start(&ep, "/ro", "ro-1", 1, &["role=web", "app:app-pw"]);
+    wait_until("a warning about reports", || {
+        member.log().contains("cannot write status reports")
+    });
+    assert!(!member.log().contains("app-pw"), "no password in the log");
+    let mut root = etcd_client::Client::connect(
+        [ep.as_str()],
+        Some(etcd_client::ConnectOptions::new().with_user("root", "root-pw")),
+    )
+    .await
+    .unwrap();
+    put(&mut root, "/ro/port", "9090").await;
+    wait_until("the config to follow etcd", || member.printed("port 9090"));
+    // Nothing was written under the reporting root.
+    let reports = root
+        .get(
+            "_shylock/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert!(reports.kvs().is_empty());
+}

@@ -6,7 +6,8 @@
 //! fleet_member ENDPOINT PREFIX INSTANCE MIN_PORT [LABEL=VALUE] [USER:PASSWORD]
 //! ```
 //! Prints "following" once it follows the config and "port N" after each
-//! change it applies; ends on SIGTERM.
+//! change it applies; ends on SIGTERM. With SHYLOCK_METRICS_ADDR, serves
+//! the library's metrics as Prometheus text there.
 
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
@@ -39,6 +40,13 @@ async fn main() -> shylock::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
+    // The library's metrics, as `shylock --metrics-addr` serves a daemon's.
+    if let Ok(addr) = std::env::var("SHYLOCK_METRICS_ADDR") {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr.parse::<std::net::SocketAddr>().expect("an address"))
+            .install()
+            .expect("the metrics listener");
+    }
     let mut options = ConnectOptions::new([endpoint.clone()]);
     if let Some((user, password)) = args.get(6).and_then(|u| u.split_once(':')) {
         options = options.with_user(user, password);

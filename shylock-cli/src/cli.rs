@@ -23,6 +23,9 @@ pub struct Cli {
     #[command(flatten)]
     pub log: crate::logging::LogArgs,
 
+    #[command(flatten)]
+    pub metrics: crate::telemetry::MetricsArgs,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -124,6 +127,7 @@ pub struct MountArgs {
 
 impl Cli {
     pub async fn run(self) -> Result<(), Error> {
+        self.metrics.serve()?;
         match self.command {
             Command::Mount(args) => crate::mount::run(&self.connect, args).await,
             Command::Export(args) => crate::export::run(&self.connect, args).await,

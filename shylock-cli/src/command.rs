@@ -31,6 +31,12 @@ async fn read_capped(mut pipe: impl tokio::io::AsyncRead + Unpin, limit: usize) 
 
 /// Runs `script` with `sh -c`; `Ok` if it exits 0 within `timeout`.
 pub async fn run(what: &str, script: &str, timeout: Duration) -> Result<(), Error> {
+    let result = run_once(what, script, timeout).await;
+    crate::telemetry::command(what, result.is_ok());
+    result
+}
+
+async fn run_once(what: &str, script: &str, timeout: Duration) -> Result<(), Error> {
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(script)

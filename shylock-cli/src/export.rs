@@ -109,7 +109,9 @@ pub async fn run(connect: &ConnectArgs, args: ExportArgs) -> Result<(), Error> {
             // New keys: written now, with a fresh backoff.
             retry.succeeded();
         }
-        match write(&live.snapshot()) {
+        let written = write(&live.snapshot());
+        crate::telemetry::written("export", written.is_ok());
+        match written {
             Ok(changed) => {
                 retry.succeeded();
                 if changed {

@@ -44,6 +44,7 @@ impl LiveKeys {
         let (tx, mut changes) = mpsc::unbounded_channel();
         let copy = keys.clone();
         let handler = move |event: TreeEvent<'_>| {
+            crate::telemetry::watched(&event);
             if let TreeEvent::Connection(error) = &event {
                 if let Some(error) = error {
                     tracing::warn!(%error, "etcd connection lost; files keep their last content");

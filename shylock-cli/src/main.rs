@@ -25,6 +25,7 @@ mod signals;
 mod srv;
 mod status;
 mod sync;
+mod telemetry;
 mod wait;
 mod watch;
 

@@ -71,7 +71,9 @@ pub async fn run(connect: &ConnectArgs, args: SyncArgs) -> Result<(), Error> {
         if wake == Wake::Changed {
             retry.succeeded();
         }
-        match writer.publish(&relative(&live.snapshot(), &base)) {
+        let published = writer.publish(&relative(&live.snapshot(), &base));
+        crate::telemetry::written("sync", published.is_ok());
+        match published {
             Ok(()) => {
                 retry.succeeded();
                 crate::notify::status(&format!(

@@ -28,6 +28,18 @@ impl Member {
         min_port: u16,
         extra: &[&str],
     ) -> Member {
+        Self::start_with(endpoint, prefix, instance, min_port, extra, &[])
+    }
+
+    /// Like [`start`](Self::start), with environment variables.
+    fn start_with(
+        endpoint: &str,
+        prefix: &str,
+        instance: &str,
+        min_port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Member {
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_shylock"))
             .parent()
             .unwrap()
@@ -42,6 +54,7 @@ impl Member {
         let mut child = Command::new(&binary)
             .args([endpoint, prefix, instance, &min_port.to_string()])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -133,9 +146,18 @@ async fn a_fleet_reports_status_names_rejections_and_wait_gates_on_them() {
 
     let a = Member::start(&ep, p, "a", 1, &["role=web"]);
     let b = Member::start(&ep, p, "b", 1, &["role=web"]);
-    let c = Member::start(&ep, p, "c", 1000, &["role=batch"]);
+    let c_metrics = free_addr();
+    let c = Member::start_with(
+        &ep,
+        p,
+        "c",
+        1000,
+        &["role=batch"],
+        &[("SHYLOCK_METRICS_ADDR", &c_metrics)],
+    );
     let confdir = Confdir::new();
     let rendered = confdir.single("web", "port {{getv \"/port\"}}\n", p, "/port");
+    let render_metrics = free_addr();
     let render = confdir.spawn(
         &ep,
         &[
@@ -144,6 +166,8 @@ async fn a_fleet_reports_status_names_rejections_and_wait_gates_on_them() {
             "render-1",
             "--report-ttl",
             "2s",
+            "--metrics-addr",
+            &render_metrics,
         ],
     );
     wait_until("four reports at the first revision", || {
@@ -194,6 +218,45 @@ async fn a_fleet_reports_status_names_rejections_and_wait_gates_on_them() {
     assert!(
         c_report.2 && c_report.3.contains("port 100 is below 1000"),
         "{c_report:?}"
+    );
+    // The same story in metrics: the library's, and the render daemon's.
+    let page = scrape(&c_metrics);
+    let series = |name: &str, labels: &str| format!("{name}{{prefix=\"{p}\"{labels}}}");
+    assert_eq!(
+        sample(
+            &page,
+            &series("shylock_config_updates_total", ",result=\"rejected\"")
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, &series("shylock_config_rejected_revision", "")),
+        Some(r1 as f64),
+        "{page}"
+    );
+    // c still runs the config it read before r1 (at its read's revision).
+    assert!(
+        sample(&page, &series("shylock_config_revision", ""))
+            .is_some_and(|r| r >= r0 as f64 && r < r1 as f64),
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, &series("shylock_config_connected", "")),
+        Some(1.0)
+    );
+    let page = scrape(&render_metrics);
+    assert!(
+        sample(
+            &page,
+            "shylock_renders_total{resource=\"web.toml\",result=\"ok\"}"
+        )
+        .is_some_and(|n| n >= 2.0),
+        "{page}"
+    );
+    assert!(
+        sample(&page, "shylock_watch_revision").is_some_and(|r| r >= r1 as f64),
+        "{page}"
     );
     let table = run(&ep, &["status", p]);
     let text = String::from_utf8_lossy(&table.stdout);

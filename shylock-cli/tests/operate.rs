@@ -279,12 +279,14 @@ async fn shylock_etcd_mounts_with_etc_hosts_and_etc_read_only() {
     let p = unique_prefix("op-etc");
     let mut etcd = etcd(&ep).await;
     put(&mut etcd, &format!("{p}/hosts"), "10.0.0.1 db\n").await;
+    let metrics = free_addr();
     let start = |read_only: Option<&str>| {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("etcd");
         std::fs::create_dir(&path).unwrap();
         let mut command = shylock();
         command
+            .args(["--metrics-addr", &metrics])
             .arg("etcd")
             .arg(&path)
             .env("ETC_HOSTS", &ep)
@@ -302,6 +304,15 @@ async fn shylock_etcd_mounts_with_etc_hosts_and_etc_read_only() {
         std::fs::read_to_string(mount.file(&format!("{key}/hosts"))).unwrap(),
         "10.0.0.1 db\n"
     );
+    // The FUSE requests it served, in its metrics.
+    let page = scrape(&metrics);
+    for op in ["lookup", "open", "read"] {
+        let series = format!("shylock_fuse_requests_total{{op=\"{op}\"}}");
+        assert!(
+            sample(&page, &series).is_some_and(|n| n >= 1.0),
+            "{op}: {page}"
+        );
+    }
     std::fs::write(mount.file(&format!("{key}/new")), "written").unwrap();
     assert_eq!(
         wait_for_key(&mut etcd, &format!("{p}/new")).await.0,

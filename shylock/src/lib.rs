@@ -48,6 +48,7 @@ pub mod report;
 mod snapshot;
 mod startup;
 mod status;
+mod telemetry;
 mod tls;
 mod tree;
 mod watch_tree;

@@ -199,6 +199,7 @@ impl<T> Shared<T> {
             events: broadcast::channel(EVENT_BUFFER).0,
             callbacks: Mutex::new(Vec::new()),
         });
+        crate::telemetry::started(prefix, revision);
         (shared, seen)
     }
 }
@@ -494,6 +495,8 @@ impl<T: EtcdConfig> LiveSink<T> {
                     status.last_error = None;
                     status.accepted_updates += 1;
                 }
+                crate::telemetry::accepted(&shared.prefix, revision, patched);
+                crate::telemetry::applied(&shared.prefix, revision, now);
                 // The file is refreshed before anyone is told of the change.
                 if let Some((path, secrets)) = &self.snapshot {
                     let deps = &shared.dependencies;
@@ -512,6 +515,8 @@ impl<T: EtcdConfig> LiveSink<T> {
                     status.last_error = Some(error.clone());
                     status.rejected_updates += 1;
                 }
+                crate::telemetry::rejected(&shared.prefix, revision);
+                crate::telemetry::applied(&shared.prefix, revision, now);
                 Event::Rejected(error)
             }
         };
@@ -597,6 +602,9 @@ impl<T: EtcdConfig> Sink for LiveSink<T> {
     fn replace(&mut self, tree: Tree, revision: i64, from: i64) {
         {
             let mut status = lock(&self.shared.status);
+            if status.synced {
+                crate::telemetry::resynced(&self.shared.prefix);
+            }
             status.resyncs += u64::from(status.synced);
             status.synced = true;
         }
@@ -622,13 +630,16 @@ impl<T: EtcdConfig> Sink for LiveSink<T> {
     }
 
     fn progress(&mut self, revision: i64) {
-        lock(&self.shared.status).last_event = Some(SystemTime::now());
+        let now = SystemTime::now();
+        lock(&self.shared.status).last_event = Some(now);
         self.shared.confirm(revision);
+        crate::telemetry::applied(&self.shared.prefix, revision, now);
     }
 
     fn alive(&mut self, at: SystemTime) {
         let mut status = lock(&self.shared.status);
         status.last_event = status.last_event.max(Some(at));
+        crate::telemetry::alive(&self.shared.prefix, status.last_event.unwrap_or(at));
     }
 
     fn connection(&mut self, state: Connection) {
@@ -637,15 +648,18 @@ impl<T: EtcdConfig> Sink for LiveSink<T> {
             Connection::Up(member) => {
                 status.member = Some(member);
                 status.connection_error = None;
+                crate::telemetry::connection(&self.shared.prefix, true, false);
             }
             Connection::Down(error) => {
                 status.member = None;
                 status.connection_error = Some(error);
                 status.reconnects += 1;
+                crate::telemetry::connection(&self.shared.prefix, false, true);
             }
             Connection::Refused(error) => {
                 status.member = None;
                 status.connection_error = Some(error);
+                crate::telemetry::connection(&self.shared.prefix, false, false);
             }
         }
     }

@@ -633,6 +633,12 @@ fn decode_new(name: &OsStr) -> Result<String, Errno> {
     String::from_utf8(segment).map_err(|_| Errno::EINVAL)
 }
 
+/// Counts one FUSE request (`shylock_fuse_requests_total{op}`, for
+/// `--metrics-addr`).
+fn requested(op: &'static str) {
+    metrics::counter!("shylock_fuse_requests_total", "op" => op).increment(1);
+}
+
 impl Filesystem for EtcdFs {
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
         // O_TRUNC arrives with the open instead of as a truncation of the
@@ -651,6 +657,7 @@ impl Filesystem for EtcdFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        requested("lookup");
         match self.do_lookup(parent, name) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
@@ -658,6 +665,7 @@ impl Filesystem for EtcdFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        requested("getattr");
         match self.node(ino) {
             Ok(node) => reply.attr(&TTL, &self.attr_of(ino.0, &node)),
             Err(e) => reply.error(e),
@@ -682,6 +690,7 @@ impl Filesystem for EtcdFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        requested("setattr");
         // Times are the mount's: setting them (touch) is accepted and has
         // no effect. Modes and owners are checked in do_setattr.
         match self.do_setattr(ino, size, fh, (mode, uid, gid)) {
@@ -691,6 +700,7 @@ impl Filesystem for EtcdFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        requested("open");
         if self.owner.read_only {
             // No file of a read-only mount needs a handle: ENOSYS tells the
             // kernel to stop sending opens and releases (it keeps the page
@@ -715,6 +725,7 @@ impl Filesystem for EtcdFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        requested("read");
         let slice = |data: &[u8]| {
             let start = usize::try_from(offset)
                 .unwrap_or(usize::MAX)
@@ -748,6 +759,7 @@ impl Filesystem for EtcdFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        requested("write");
         let Some(handle) = self.handle(fh.0) else {
             return reply.error(Errno::EBADF);
         };
@@ -778,6 +790,7 @@ impl Filesystem for EtcdFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        requested("flush");
         if self.owner.read_only {
             // Nothing to commit ever: ENOSYS stops the kernel's flushes.
             return reply.error(Errno::ENOSYS);
@@ -793,6 +806,7 @@ impl Filesystem for EtcdFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        requested("fsync");
         done(reply, self.flush_handle(fh, true))
     }
 
@@ -806,6 +820,7 @@ impl Filesystem for EtcdFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        requested("release");
         let result = self.flush_handle(fh, true);
         if let Err(errno) = result {
             tracing::warn!(
@@ -837,6 +852,7 @@ impl Filesystem for EtcdFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        requested("create");
         match self.do_create(parent, name, flags) {
             Ok((attr, fh)) => reply.created(
                 &TTL,
@@ -850,6 +866,7 @@ impl Filesystem for EtcdFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        requested("unlink");
         done(reply, self.do_unlink(parent, name))
     }
 
@@ -862,6 +879,7 @@ impl Filesystem for EtcdFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        requested("mkdir");
         match self.do_mkdir(parent, name) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
@@ -869,6 +887,7 @@ impl Filesystem for EtcdFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        requested("rmdir");
         done(reply, self.do_rmdir(parent, name))
     }
 
@@ -882,6 +901,7 @@ impl Filesystem for EtcdFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        requested("rename");
         if !flags.is_empty() {
             return reply.error(Errno::EINVAL);
         }
@@ -889,6 +909,7 @@ impl Filesystem for EtcdFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        requested("opendir");
         match self.do_opendir(ino) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
@@ -903,6 +924,7 @@ impl Filesystem for EtcdFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        requested("readdir");
         let dirs = lock(&self.dirs);
         let Some(entries) = dirs.get(&fh.0) else {
             return reply.error(Errno::EBADF);
@@ -959,6 +981,7 @@ impl Filesystem for EtcdFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        requested("releasedir");
         lock(&self.dirs).remove(&fh.0);
         reply.ok();
     }

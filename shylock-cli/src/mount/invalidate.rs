@@ -75,6 +75,7 @@ impl Handler {
     }
 
     pub fn handle(&self, event: TreeEvent<'_>) {
+        crate::telemetry::watched(&event);
         let mut stale = Stale::default();
         {
             let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);

@@ -356,10 +356,12 @@ async fn batch(
         state.dirty = None;
         match apply::install(resource, &keys, mode, args).await {
             Ok(changed) => {
+                crate::telemetry::rendered(&resource.name, true);
                 state.needs_reload |= changed && mode == Mode::Write;
                 state.error = None;
             }
             Err(error) => {
+                crate::telemetry::rendered(&resource.name, false);
                 tracing::error!(resource = %resource.name, %error, "not rendered; the old file stays");
                 state.error = Some(format!("{}: {error}", resource.name));
                 failed[i] = true;

@@ -313,6 +313,40 @@ pub async fn keys(etcd: &mut etcd_client::Client, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// A loopback address nothing listens on (for --metrics-addr).
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// The Prometheus text served at `addr`, once it answers.
+pub fn scrape(addr: &str) -> String {
+    use std::io::Write;
+    let mut page = String::new();
+    wait_until(&format!("metrics on {addr}"), || {
+        let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        page.clear();
+        stream.write_all(request.as_bytes()).is_ok()
+            && stream.read_to_string(&mut page).is_ok()
+            && page.starts_with("HTTP/1.1 200")
+    });
+    page
+}
+
+/// One sample of a scraped page: the value of `name{labels}` exactly.
+pub fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// Names in a directory, sorted.
 pub fn ls(path: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(path)

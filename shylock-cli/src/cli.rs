@@ -123,6 +123,9 @@ pub struct MountArgs {
     /// request is refused at once with EFBIG.
     #[arg(long, default_value_t = 1_572_864)]
     pub max_request_bytes: usize,
+
+    #[command(flatten)]
+    pub report: crate::reporting::ReportArgs,
 }
 
 impl Cli {

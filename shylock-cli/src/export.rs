@@ -45,6 +45,9 @@ pub struct ExportArgs {
 
     #[command(flatten)]
     pub retry: RetryArgs,
+
+    #[command(flatten)]
+    pub report: crate::reporting::ReportArgs,
 }
 
 /// How `--watch` retries a write that failed (a full disk, a permission).
@@ -101,6 +104,8 @@ pub async fn run(connect: &ConnectArgs, args: ExportArgs) -> Result<(), Error> {
         }
         return Ok(());
     }
+    let reporter = args.report.start(&client, "export")?;
+    let report = crate::reporting::prefix_report(reporter.as_ref(), &args.source);
     let mut stop = crate::signals::Stop::new()?;
     let mut retry = args.retry.retry();
     let mut wake = Wake::Changed;
@@ -109,8 +114,11 @@ pub async fn run(connect: &ConnectArgs, args: ExportArgs) -> Result<(), Error> {
             // New keys: written now, with a fresh backoff.
             retry.succeeded();
         }
-        let written = write(&live.snapshot());
+        let (keys, revision) = live.snapshot_at();
+        let written = write(&keys);
+        drop(keys);
         crate::telemetry::written("export", written.is_ok());
+        crate::reporting::outcome(report.as_ref(), revision, &written);
         match written {
             Ok(changed) => {
                 retry.succeeded();

@@ -58,6 +58,27 @@ impl ReportArgs {
     }
 }
 
+/// The report of a daemon that follows one prefix (mount, export, sync).
+pub fn prefix_report(reporter: Option<&Reporter>, prefix: &str) -> Option<shylock::Report> {
+    let dependency = shylock::Dependency {
+        key: format!("{}/", prefix.trim_end_matches('/')),
+        kind: shylock::DependencyKind::Prefix,
+        secret: false,
+        required: false,
+    };
+    reporter.map(|r| r.report(prefix, &[dependency]))
+}
+
+/// A write of the keys at `revision` worked (applied) or failed (rejected,
+/// with why).
+pub fn outcome<T>(report: Option<&shylock::Report>, revision: i64, result: &Result<T, Error>) {
+    match (report, result) {
+        (Some(report), Ok(_)) => report.applied(revision),
+        (Some(report), Err(error)) => report.rejected(revision, &error.to_string()),
+        (None, _) => {}
+    }
+}
+
 /// `KEY=VALUE`.
 pub fn parse_label(label: &str) -> Result<(&str, &str), Error> {
     label

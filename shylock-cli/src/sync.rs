@@ -52,6 +52,9 @@ pub struct SyncArgs {
 
     #[command(flatten)]
     pub retry: RetryArgs,
+
+    #[command(flatten)]
+    pub report: crate::reporting::ReportArgs,
 }
 
 pub async fn run(connect: &ConnectArgs, args: SyncArgs) -> Result<(), Error> {
@@ -64,6 +67,8 @@ pub async fn run(connect: &ConnectArgs, args: SyncArgs) -> Result<(), Error> {
     if !args.watch {
         return writer.publish(&relative(&live.snapshot(), &base));
     }
+    let reporter = args.report.start(&client, "sync")?;
+    let report = crate::reporting::prefix_report(reporter.as_ref(), &args.prefix);
     let mut stop = crate::signals::Stop::new()?;
     let mut retry = args.retry.retry();
     let mut wake = Wake::Changed;
@@ -71,8 +76,11 @@ pub async fn run(connect: &ConnectArgs, args: SyncArgs) -> Result<(), Error> {
         if wake == Wake::Changed {
             retry.succeeded();
         }
-        let published = writer.publish(&relative(&live.snapshot(), &base));
+        let (keys, revision) = live.snapshot_at();
+        let published = writer.publish(&relative(&keys, &base));
+        drop(keys);
         crate::telemetry::written("sync", published.is_ok());
+        crate::reporting::outcome(report.as_ref(), revision, &published);
         match published {
             Ok(()) => {
                 retry.succeeded();

@@ -170,10 +170,19 @@ async fn a_fleet_reports_status_names_rejections_and_wait_gates_on_them() {
             &render_metrics,
         ],
     );
-    wait_until("four reports at the first revision", || {
+    // The other daemons report too: a sync and a mount of the prefix.
+    let synced = tempfile::tempdir().unwrap();
+    let report = |name: &'static str| ["--report", "--report-instance", name, "--report-ttl", "2s"];
+    let sync_log = synced.path().join("sync.log");
+    let sync_dir = synced.path().join("dir").display().to_string();
+    let mut sync_args = vec!["sync", p, &sync_dir, "--watch"];
+    sync_args.extend(report("sync-1"));
+    let sync = Daemon::spawn(&ep, &sync_args, &sync_log);
+    let mount = Mount::start(&ep, p, &report("mount-1"));
+    wait_until("six reports at the first revision", || {
         let (_, json, _) = status(&ep, &[p]);
         let all = instances(&json);
-        all.len() == 4 && all.iter().all(|i| i.1 >= r0)
+        all.len() == 6 && all.iter().all(|i| i.1 >= r0)
     });
     let (code, json, _) = status(&ep, &[p]);
     assert_eq!(code, Some(0), "{json}");
@@ -187,7 +196,7 @@ async fn a_fleet_reports_status_names_rejections_and_wait_gates_on_them() {
     assert_eq!(render_report["program"], "shylock render");
     let wait = run(
         &ep,
-        &["wait", p, "--revision", &r0.to_string(), "--instances", "4"],
+        &["wait", p, "--revision", &r0.to_string(), "--instances", "6"],
     );
     assert!(
         wait.status.success(),
@@ -208,9 +217,9 @@ async fn a_fleet_reports_status_names_rejections_and_wait_gates_on_them() {
             && stderr.contains("port 100 is below 1000"),
         "{stderr}"
     );
-    wait_until("a, b and the render at r1", || {
+    wait_until("all but c at r1", || {
         let (_, json, _) = status(&ep, &[p]);
-        instances(&json).iter().filter(|i| i.1 >= r1).count() == 3
+        instances(&json).iter().filter(|i| i.1 >= r1).count() == 5
     });
     let (code, json, _) = status(&ep, &[p]);
     assert_eq!(code, Some(1), "a rejecting instance fails the gate: {json}");
@@ -292,7 +301,7 @@ async fn a_fleet_reports_status_names_rejections_and_wait_gates_on_them() {
             "--revision",
             &r2.to_string(),
             "--instances",
-            "3",
+            "5",
             "--timeout",
             "10s",
         ],
@@ -310,10 +319,12 @@ async fn a_fleet_reports_status_names_rejections_and_wait_gates_on_them() {
             .iter()
             .map(|i| i.0.as_str())
             .collect::<Vec<_>>(),
-        ["a", "c", "render-1"]
+        ["a", "c", "mount-1", "render-1", "sync-1"]
     );
     drop((a, c));
     assert!(render.stop().success());
+    assert!(sync.stop().success());
+    mount.stop();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -32,9 +32,22 @@ pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
     let notifier: Arc<OnceLock<fuser::Notifier>> = Arc::default();
     let handler = invalidate::Handler::new(view.clone(), notifier.clone(), base.clone());
     let invalidations = handler.invalidations();
+    let reporter = args.report.start(&client, "mount")?;
+    let report = crate::reporting::prefix_report(reporter.as_ref(), &args.prefix);
     // The handler fills the view with the first read, then keeps it current.
     let (revision, watch) = client
-        .watch_tree(&base, move |event: TreeEvent<'_>| handler.handle(event))
+        .watch_tree(&base, move |event: TreeEvent<'_>| {
+            let revision = match &event {
+                TreeEvent::Changed { revision, .. } | TreeEvent::Replaced { revision, .. } => {
+                    Some(*revision)
+                }
+                _ => None,
+            };
+            handler.handle(event);
+            if let (Some(report), Some(revision)) = (&report, revision) {
+                report.applied(revision);
+            }
+        })
         .await?;
     tracing::info!(revision, prefix = %args.prefix, mountpoint = %args.mountpoint.display(), "mounting");
 

@@ -282,10 +282,19 @@ impl Drop for Report {
     }
 }
 
+/// A changed report is written this long after the change, plus up to
+/// [`WRITE_DELAY_SPREAD`] ms chosen by the process id.
+const WRITE_DELAY_MIN: Duration = Duration::from_millis(50);
+const WRITE_DELAY_SPREAD: u64 = 250;
+
 /// The writer: keeps one lease alive and writes what changed.
 async fn publish(client: Client, inner: std::sync::Weak<Inner>, wake: Arc<Notify>) {
     let mut lease = Lease::default();
     let mut written: BTreeMap<String, Document> = BTreeMap::new();
+    let jitter = WRITE_DELAY_MIN
+        + Duration::from_millis(
+            u64::from(std::process::id()).wrapping_mul(7919) % WRITE_DELAY_SPREAD,
+        );
     let mut warned = false;
     loop {
         let Some(strong) = inner.upgrade() else {
@@ -326,7 +335,14 @@ async fn publish(client: Client, inner: std::sync::Weak<Inner>, wake: Arc<Notify
         }
         drop(strong);
         tokio::select! {
-            () = wake.notified() => {}
+            () = wake.notified() => {
+                // A report changed, as it does on every instance at once
+                // when a change rolls out: wait a little (as long as the
+                // instance's own jitter) so the fleet's writes spread out
+                // and do not slow the change reaching the others, and
+                // changes in a burst make one write.
+                tokio::time::sleep(jitter).await;
+            }
             () = tokio::time::sleep(ttl / 3) => {}
         }
     }

@@ -60,5 +60,6 @@ bench: deps
 	@command -v valgrind >/dev/null || (apt-get install -y -q valgrind >/dev/null 2>&1 || true)
 	cargo build --release --quiet -p shylock-cli
 	cargo build --release --quiet -p shylock-examples --example bench
+	cargo build --release --quiet -p shylock-cli --example fleet_member
 	cargo bench -p shylock --bench read_path -- --warm-up-time 1 --measurement-time 3
 	target/release/examples/bench

@@ -15,6 +15,7 @@ use etcd_client::{GetOptions, Txn, TxnOp, WatchOptions};
 use shylock::testing::{EtcdOptions, EtcdServer};
 use shylock::{Client, ConnectOptions, EtcdConfig, Live};
 
+mod fleet_bench;
 mod fuse_render;
 
 #[derive(Clone, EtcdConfig)]
@@ -80,6 +81,9 @@ fn main() {
     }
     if wanted("render") {
         rows.extend(runtime.block_on(fuse_render::render(&server)));
+    }
+    if wanted("fleet") {
+        rows.extend(runtime.block_on(fleet_bench::fleet()));
     }
     print_table(&rows);
 }

@@ -53,15 +53,24 @@ async fn main() -> shylock::Result<()> {
     }
     let client = Client::connect(options).await?;
     let live = client.config::<Web>(prefix).await?;
+    // FLEET_NO_REPORT=1: no reports (the fleet benchmark's baseline);
+    // FLEET_REPORT_TTL: the lease in seconds (2 by default, for the tests).
+    let ttl = std::env::var("FLEET_REPORT_TTL")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
     let mut report = ReportOptions::new()
         .with_instance(instance)
         .with_program("fleet_member", "1.0")
-        .with_ttl(Duration::from_secs(2));
+        .with_ttl(Duration::from_secs(ttl));
     if let Some((key, value)) = label {
         report = report.with_label(key, value);
     }
-    let reporter = Reporter::start(&client, report);
-    reporter.follow(&live);
+    let _reporter = std::env::var_os("FLEET_NO_REPORT").is_none().then(|| {
+        let reporter = Reporter::start(&client, report);
+        reporter.follow(&live);
+        reporter
+    });
     live.on_event(|event, snapshot| {
         if let Event::Changed(_) = event {
             println!("port {}", snapshot.port);

@@ -321,6 +321,20 @@ async fn a_fleet_reports_status_names_rejections_and_wait_gates_on_them() {
             .collect::<Vec<_>>(),
         ["a", "c", "mount-1", "render-1", "sync-1"]
     );
+
+    // Every lease lost (as after restoring etcd from a backup): the reports
+    // go, and come back under new leases, with what each instance runs.
+    let leases = etcd.leases().await.unwrap();
+    assert_eq!(leases.leases().len(), 5, "one lease per process");
+    for lease in leases.leases() {
+        etcd.lease_revoke(lease.id()).await.unwrap();
+    }
+    let (_, json, _) = status(&ep, &[p]);
+    assert!(instances(&json).len() < 5, "{json}");
+    wait_until("the reports to come back", || {
+        let (code, json, _) = status(&ep, &[p]);
+        code == Some(0) && instances(&json).len() == 5
+    });
     drop((a, c));
     assert!(render.stop().success());
     assert!(sync.stop().success());

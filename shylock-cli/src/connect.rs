@@ -57,6 +57,12 @@ pub struct ConnectArgs {
     #[arg(long, global = true)]
     pub dial_timeout: Option<String>,
 
+    /// A watch stream etcd has not answered on for this long is taken as
+    /// stalled and reopened; a quiet stream is probed every third of it
+    /// [env: SHYLOCK_STALL_TIMEOUT] [default: 30s]
+    #[arg(long, global = true, value_parser = humantime::parse_duration)]
+    pub stall_timeout: Option<std::time::Duration>,
+
     /// TOML file with any of the options above [default: /etc/shylock/shylock.toml
     /// if present]
     #[arg(long, global = true, env = "SHYLOCK_CONFIG")]
@@ -80,6 +86,7 @@ impl std::fmt::Debug for ConnectArgs {
             .field("user", &user)
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
             .field("dial_timeout", &self.dial_timeout)
+            .field("stall_timeout", &self.stall_timeout)
             .field("config", &self.config)
             .finish()
     }
@@ -97,6 +104,7 @@ struct ConfigFile {
     user: Option<String>,
     password: Option<String>,
     dial_timeout: Option<String>,
+    stall_timeout: Option<String>,
 }
 
 impl ConnectArgs {
@@ -158,12 +166,25 @@ impl ConnectArgs {
             ),
             ("ETCDCTL_KEY", pick(path(&self.key), "KEY", path(&file.key))),
         ];
-        let options = ConnectOptions::from_vars(|name| {
+        let mut options = ConnectOptions::from_vars(|name| {
             values
                 .iter()
                 .find(|(n, _)| *n == name)
                 .and_then(|(_, v)| v.clone())
         })?;
+        let stall = match self.stall_timeout {
+            Some(stall) => Some(stall),
+            None => env("SHYLOCK_STALL_TIMEOUT")
+                .or(file.stall_timeout)
+                .map(|text| {
+                    humantime::parse_duration(&text)
+                        .map_err(|e| msg(format!("stall timeout {text:?}: {e}")))
+                })
+                .transpose()?,
+        };
+        if let Some(stall) = stall {
+            options = options.with_stall_timeout(stall);
+        }
         Ok(options)
     }
 

@@ -45,6 +45,9 @@ impl LiveKeys {
         let copy = keys.clone();
         let handler = move |event: TreeEvent<'_>| {
             crate::telemetry::watched(&event);
+            if let TreeEvent::Alive(_) = event {
+                return;
+            }
             if let TreeEvent::Connection(error) = &event {
                 if let Some(error) = error {
                     tracing::warn!(%error, "etcd connection lost; files keep their last content");

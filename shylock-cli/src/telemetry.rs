@@ -3,6 +3,7 @@
 //! Every name is in the README.
 
 use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use metrics::{counter, gauge};
 use shylock::TreeEvent;
@@ -34,16 +35,29 @@ impl MetricsArgs {
 }
 
 /// A watch event of a daemon: the revision it is at
-/// (`shylock_watch_revision`), and each broken stream
+/// (`shylock_watch_revision`), when etcd last answered
+/// (`shylock_watch_last_event_timestamp_seconds`), and each broken stream
 /// (`shylock_watch_reconnects_total`).
 pub fn watched(event: &TreeEvent<'_>) {
     match event {
         TreeEvent::Changed { revision, .. } | TreeEvent::Replaced { revision, .. } => {
             gauge!("shylock_watch_revision").set(*revision as f64);
+            answered(SystemTime::now());
         }
+        TreeEvent::Alive(at) => answered(*at),
         TreeEvent::Connection(Some(_)) => counter!("shylock_watch_reconnects_total").increment(1),
         _ => {}
     }
+}
+
+/// etcd last answered on the daemon's watch stream at `at`: staleness is
+/// `time() - shylock_watch_last_event_timestamp_seconds`.
+fn answered(at: SystemTime) {
+    let seconds = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    gauge!("shylock_watch_last_event_timestamp_seconds").set(seconds);
 }
 
 /// One render of a resource (`shylock_renders_total{resource,result}`).

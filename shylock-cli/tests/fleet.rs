@@ -168,6 +168,8 @@ async fn a_fleet_reports_status_names_rejections_and_wait_gates_on_them() {
             "2s",
             "--metrics-addr",
             &render_metrics,
+            "--stall-timeout",
+            "900ms",
         ],
     );
     // The other daemons report too: a sync and a mount of the prefix.
@@ -267,6 +269,25 @@ async fn a_fleet_reports_status_names_rejections_and_wait_gates_on_them() {
         sample(&page, "shylock_watch_revision").is_some_and(|r| r >= r1 as f64),
         "{page}"
     );
+    // etcd answered the render's stream recently (staleness = now - this).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        sample(&page, "shylock_watch_last_event_timestamp_seconds")
+            .is_some_and(|t| t <= now + 1.0 && now - t < 60.0),
+        "{page}"
+    );
+    // With nothing changing under the prefix, etcd's answers to the probes
+    // (every 300 ms at --stall-timeout 900ms) keep it moving.
+    wait_until("a probe's answer after a quiet second", || {
+        sample(
+            &scrape(&render_metrics),
+            "shylock_watch_last_event_timestamp_seconds",
+        )
+        .is_some_and(|t| t > now + 1.0)
+    });
     let table = run(&ep, &["status", p]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(

@@ -36,6 +36,10 @@ pub enum TreeEvent<'a> {
     },
     /// The watch stream broke (with the reason) or works again (`None`).
     Connection(Option<&'a str>),
+    /// etcd answered, at this time, on the stream serving the watch (a
+    /// change, a progress answer or a probe): the keys were current then.
+    /// Comes every third of the stall timeout on a quiet stream.
+    Alive(std::time::SystemTime),
 }
 
 /// Keeps a [`Client::watch_tree`] watch alive; dropping it ends the watch.
@@ -93,9 +97,13 @@ impl Sink for TreeSink {
         });
     }
 
-    fn progress(&mut self, _revision: i64) {}
+    fn progress(&mut self, _revision: i64) {
+        self.call(TreeEvent::Alive(std::time::SystemTime::now()));
+    }
 
-    fn alive(&mut self, _at: std::time::SystemTime) {}
+    fn alive(&mut self, at: std::time::SystemTime) {
+        self.call(TreeEvent::Alive(at));
+    }
 
     fn connection(&mut self, state: Connection) {
         match state {

@@ -76,6 +76,9 @@ impl Handler {
 
     pub fn handle(&self, event: TreeEvent<'_>) {
         crate::telemetry::watched(&event);
+        if let TreeEvent::Alive(_) = event {
+            return;
+        }
         let mut stale = Stale::default();
         {
             let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);

@@ -66,7 +66,7 @@ async fn main() -> shylock::Result<()> {
     if let Some((key, value)) = label {
         report = report.with_label(key, value);
     }
-    let _reporter = std::env::var_os("FLEET_NO_REPORT").is_none().then(|| {
+    let reporter = std::env::var_os("FLEET_NO_REPORT").is_none().then(|| {
         let reporter = Reporter::start(&client, report);
         reporter.follow(&live);
         reporter
@@ -82,6 +82,10 @@ async fn main() -> shylock::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+    // A clean stop takes the reports out at once.
+    if let Some(reporter) = &reporter {
+        reporter.shutdown().await;
     }
     Ok(())
 }

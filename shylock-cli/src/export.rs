@@ -138,6 +138,7 @@ pub async fn run(connect: &ConnectArgs, args: ExportArgs) -> Result<(), Error> {
         crate::notify::ready(&format!("keeping {} current", args.dest.display()));
         wake = live.next_wake(&mut stop, &retry).await?;
     }
+    crate::reporting::stop(reporter.as_ref()).await;
     Ok(())
 }
 

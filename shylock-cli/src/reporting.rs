@@ -58,6 +58,14 @@ impl ReportArgs {
     }
 }
 
+/// A clean stop: the daemon's reports leave etcd now, not at the lease's
+/// expiry.
+pub async fn stop(reporter: Option<&Reporter>) {
+    if let Some(reporter) = reporter {
+        reporter.shutdown().await;
+    }
+}
+
 /// The report of a daemon that follows one prefix (mount, export, sync).
 pub fn prefix_report(reporter: Option<&Reporter>, prefix: &str) -> Option<shylock::Report> {
     let dependency = shylock::Dependency {

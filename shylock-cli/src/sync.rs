@@ -103,6 +103,7 @@ pub async fn run(connect: &ConnectArgs, args: SyncArgs) -> Result<(), Error> {
         ));
         wake = live.next_wake(&mut stop, &retry).await?;
     }
+    crate::reporting::stop(reporter.as_ref()).await;
     Ok(())
 }
 

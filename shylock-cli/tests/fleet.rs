@@ -356,10 +356,21 @@ async fn a_fleet_reports_status_names_rejections_and_wait_gates_on_them() {
         let (code, json, _) = status(&ep, &[p]);
         code == Some(0) && instances(&json).len() == 5
     });
-    drop((a, c));
+    // A clean stop takes an instance's report out at once (the 2 s lease
+    // would keep it longer).
+    let gone = |name: &str| {
+        let (_, json, _) = status(&ep, &[p]);
+        !instances(&json).iter().any(|i| i.0 == name)
+    };
+    assert!(a.daemon.stop().success());
+    assert!(gone("a"), "library instance a still listed");
     assert!(render.stop().success());
+    assert!(gone("render-1"), "render-1 still listed");
     assert!(sync.stop().success());
+    assert!(gone("sync-1"), "sync-1 still listed");
     mount.stop();
+    assert!(gone("mount-1"), "mount-1 still listed");
+    drop(c);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -154,6 +154,15 @@ impl ReportOptions {
 #[derive(Clone)]
 pub struct Reporter {
     inner: Arc<Inner>,
+    client: Client,
+}
+
+/// What the writer shares with the reporter's handles without keeping
+/// them alive.
+struct Shared {
+    wake: Arc<Notify>,
+    lease: Arc<std::sync::atomic::AtomicI64>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Inner {
@@ -161,6 +170,10 @@ struct Inner {
     /// Each report key's document, `None` once its config is dropped.
     wanted: Mutex<BTreeMap<String, Option<Document>>>,
     wake: Arc<Notify>,
+    /// The lease the writer holds (0: none), for `shutdown`.
+    lease: Arc<std::sync::atomic::AtomicI64>,
+    /// `shutdown` ran: the writer grants no lease and writes nothing more.
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for Inner {
@@ -181,13 +194,48 @@ impl Reporter {
             options,
             wanted: Mutex::default(),
             wake: Arc::new(Notify::new()),
+            lease: Arc::default(),
+            stopped: Arc::default(),
         });
         tokio::spawn(publish(
             client.clone(),
             Arc::downgrade(&inner),
-            inner.wake.clone(),
+            Shared {
+                wake: inner.wake.clone(),
+                lease: inner.lease.clone(),
+                stopped: inner.stopped.clone(),
+            },
         ));
-        Reporter { inner }
+        Reporter {
+            inner,
+            client: client.clone(),
+        }
+    }
+
+    /// Takes this process's reports out of etcd now (revokes the lease),
+    /// for a clean stop: without it they go when the lease expires. Reports
+    /// are not written again afterwards. Waits at most 2 s.
+    pub async fn shutdown(&self) {
+        use std::sync::atomic::Ordering;
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        let id = self.inner.lease.swap(0, Ordering::SeqCst);
+        if id == 0 {
+            return;
+        }
+        let revoke = self
+            .client
+            .request("revoke the report lease", |mut etcd| async move {
+                etcd.lease_revoke(id).await
+            });
+        match tokio::time::timeout(Duration::from_secs(2), revoke).await {
+            Ok(Ok(_)) => tracing::debug!(lease = id, "status reports removed"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "status reports not removed; they expire with their lease")
+            }
+            Err(_) => {
+                tracing::warn!("status reports not removed in 2 s; they expire with their lease")
+            }
+        }
     }
 
     /// Reports on `live`: the revision it applies, and each rejection,
@@ -288,7 +336,9 @@ const WRITE_DELAY_MIN: Duration = Duration::from_millis(50);
 const WRITE_DELAY_SPREAD: u64 = 250;
 
 /// The writer: keeps one lease alive and writes what changed.
-async fn publish(client: Client, inner: std::sync::Weak<Inner>, wake: Arc<Notify>) {
+async fn publish(client: Client, inner: std::sync::Weak<Inner>, shared: Shared) {
+    use std::sync::atomic::Ordering;
+    let wake = shared.wake;
     let mut lease = Lease::default();
     let mut written: BTreeMap<String, Document> = BTreeMap::new();
     let jitter = WRITE_DELAY_MIN
@@ -300,12 +350,17 @@ async fn publish(client: Client, inner: std::sync::Weak<Inner>, wake: Arc<Notify
         let Some(strong) = inner.upgrade() else {
             break;
         };
+        if shared.stopped.load(Ordering::SeqCst) {
+            // shutdown revoked the lease.
+            return;
+        }
         let ttl = strong.options.ttl;
         let wanted: Vec<(String, Option<Document>)> = lock(&strong.wanted)
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let result = step(&client, ttl, &mut lease, &mut written, &wanted).await;
+        shared.lease.store(lease.id.unwrap_or(0), Ordering::SeqCst);
         match result {
             Ok(()) => {
                 if warned {

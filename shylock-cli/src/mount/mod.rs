@@ -110,6 +110,7 @@ pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
         args.mountpoint.display()
     ));
     crate::signals::Stop::new()?.wait().await;
+    crate::reporting::stop(reporter.as_ref()).await;
     tracing::info!("unmounting {}", args.mountpoint.display());
     drop(watch);
     let unmounted = tokio::task::spawn_blocking(move || background.umount_and_join()).await?;

@@ -241,7 +241,10 @@ pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
                     });
                     continue;
                 }
-                () = stop.wait() => return Ok(()),
+                () = stop.wait() => {
+                    crate::reporting::stop(reporter.as_ref()).await;
+                    return Ok(());
+                }
             }
         }
         let next = (0..resources.len())
@@ -291,7 +294,10 @@ pub async fn run(connect: &ConnectArgs, args: RenderArgs) -> Result<(), Error> {
                 }
                 Err(error) => tracing::error!(%error, "SIGHUP: confdir not reloaded; keeping the current one"),
             },
-            () = stop.wait() => return Ok(()),
+            () = stop.wait() => {
+                    crate::reporting::stop(reporter.as_ref()).await;
+                    return Ok(());
+                }
         }
     }
 }

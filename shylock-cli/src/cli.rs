@@ -61,6 +61,11 @@ pub enum Command {
     Del(crate::del::DelArgs),
     /// Print the changes of a key, or of the keys under a prefix, as they come.
     Watch(crate::watch::WatchArgs),
+    /// A unified diff of the keys under a prefix between two revisions.
+    Diff(crate::diff::DiffArgs),
+    /// Write the keys under a prefix back as they were at a revision, in
+    /// one guarded transaction.
+    Rollback(crate::rollback::RollbackArgs),
     /// Show the instances following a prefix (from their --report): the
     /// revision each runs, how far behind, what it rejected and why.
     Status(crate::status::StatusArgs),
@@ -141,6 +146,8 @@ impl Cli {
             Command::Put(args) => crate::put::run(&self.connect, args).await,
             Command::Del(args) => crate::del::run(&self.connect, args).await,
             Command::Watch(args) => crate::watch::run(&self.connect, args).await,
+            Command::Diff(args) => crate::diff::run(&self.connect, args).await,
+            Command::Rollback(args) => crate::rollback::run(&self.connect, args).await,
             Command::Status(args) => crate::status::run(&self.connect, args).await,
             Command::Wait(args) => crate::wait::run(&self.connect, args).await,
             Command::Completions(args) => crate::docs::completions(args),

@@ -1,0 +1,208 @@
+//! `shylock diff` and `shylock rollback` against a real etcd's history:
+//! puts, deletes and transactions, a rollback restoring deletions, one
+//! refused by a concurrent change with nothing written, batches, and a
+//! compacted revision's error.
+
+mod support;
+
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn run(endpoint: &str, args: &[&str]) -> Output {
+    shylock()
+        .args(["--endpoints", endpoint])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn values(etcd: &mut etcd_client::Client, start: &str) -> Vec<(String, String)> {
+    let options = etcd_client::GetOptions::new().with_prefix();
+    let response = etcd.get(start, Some(options)).await.unwrap();
+    response
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_owned(),
+                kv.value_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diff_and_rollback_across_puts_deletes_and_transactions() {
+    let server = shared_server();
+    let ep = server.endpoint();
+    let p = unique_prefix("hist");
+    let mut etcd = etcd(&ep).await;
+    put(&mut etcd, &format!("{p}/a"), "1").await;
+    let r0 = put(&mut etcd, &format!("{p}/b"), "2").await;
+    put(&mut etcd, &format!("{p}-other"), "not mine").await;
+    let r1 = put(&mut etcd, &format!("{p}/a"), "10").await;
+    etcd.delete(format!("{p}/b"), None).await.unwrap();
+    let txn = etcd_client::Txn::new().and_then([
+        etcd_client::TxnOp::put(format!("{p}/c"), "3", None),
+        etcd_client::TxnOp::put(format!("{p}/d"), "x\ny", None),
+    ]);
+    etcd.txn(txn).await.unwrap();
+    put(&mut etcd, &format!("{p}-other"), "changed, not mine").await;
+
+    let diff = run(&ep, &["diff", &p, &r0.to_string()]);
+    assert!(diff.status.success(), "{}", text(&diff.stderr));
+    let shown = text(&diff.stdout);
+    let changed: Vec<&str> = shown
+        .lines()
+        .filter(|l| {
+            (l.starts_with('-') || l.starts_with('+'))
+                && !l.starts_with("---")
+                && !l.starts_with("+++")
+        })
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            format!("-{p}/a = 1"),
+            format!("-{p}/b = 2"),
+            format!("+{p}/a = 10"),
+            format!("+{p}/c = 3"),
+            format!("+{p}/d = x\\ny"),
+        ],
+        "{shown}"
+    );
+    assert!(
+        shown.starts_with(&format!("--- {p}@{r0}\n+++ {p}@")),
+        "{shown}"
+    );
+    // Between two past revisions; and none between a revision and itself.
+    let between = text(&run(&ep, &["diff", &p, &r0.to_string(), &r1.to_string()]).stdout);
+    assert!(
+        between.contains(&format!("-{p}/a = 1\n+{p}/a = 10")),
+        "{between}"
+    );
+    assert!(!between.contains("/c"), "{between}");
+    assert_eq!(
+        run(&ep, &["diff", &p, &r1.to_string(), &r1.to_string()]).stdout,
+        b""
+    );
+
+    // A dry run says what it would do and writes nothing.
+    let before = values(&mut etcd, &p).await;
+    let dry = run(&ep, &["rollback", &p, "--to", &r0.to_string(), "--dry-run"]);
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    assert_eq!(
+        text(&dry.stdout),
+        format!("~ {p}/a\n+ {p}/b\n- {p}/c\n- {p}/d\n")
+    );
+    assert_eq!(values(&mut etcd, &p).await, before);
+
+    // In batches of two: a deleted key back, new ones gone, nothing else.
+    let done = run(
+        &ep,
+        &["rollback", &p, "--to", &r0.to_string(), "--batch", "2"],
+    );
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    assert_eq!(
+        values(&mut etcd, &p).await,
+        [
+            (format!("{p}-other"), "changed, not mine".to_owned()),
+            (format!("{p}/a"), "1".to_owned()),
+            (format!("{p}/b"), "2".to_owned()),
+        ]
+    );
+    let again = run(&ep, &["diff", &p, &r0.to_string()]);
+    let shown = text(&again.stdout);
+    assert!(
+        !shown
+            .lines()
+            .any(|l| l.starts_with("-/") || l.starts_with("+/")),
+        "{shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_racing_another_writer_is_refused_naming_the_key_and_writes_nothing() {
+    let server = shared_server();
+    let ep = server.endpoint();
+    let p = unique_prefix("hist-race");
+    let mut etcd = etcd(&ep).await;
+    put(&mut etcd, &format!("{p}/a"), "1").await;
+    let r0 = put(&mut etcd, &format!("{p}/b"), "2").await;
+    etcd.delete(format!("{p}/b"), None).await.unwrap();
+    // Another writer changes a without a pause.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, ep, key) = (stop.clone(), ep.clone(), format!("{p}/a"));
+        tokio::spawn(async move {
+            let mut etcd = etcd_client::Client::connect([ep], None).await.unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                etcd.put(key.as_str(), format!("w{i}"), None).await.unwrap();
+            }
+        })
+    };
+    let deadline = Instant::now() + DEADLINE;
+    let refused = loop {
+        let out = run(&ep, &["rollback", &p, "--to", &r0.to_string()]);
+        if out.status.code() == Some(1) {
+            break text(&out.stderr);
+        }
+        assert!(
+            out.status.success(),
+            "neither written nor refused: {}",
+            text(&out.stderr)
+        );
+        // It won the race: undo it and try again.
+        etcd.delete(format!("{p}/b"), None).await.unwrap();
+        assert!(Instant::now() < deadline, "never refused in {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert!(
+        refused.contains(&format!("key {p}/a changed since it was read")),
+        "{refused}"
+    );
+    // b, which the refused rollback would have brought back, is not there.
+    assert!(get(&mut etcd, &format!("{p}/b")).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compacted_revision_is_an_error_naming_the_compaction() {
+    let server = EtcdServer::start();
+    let ep = server.endpoint();
+    let mut etcd = etcd(&ep).await;
+    let r0 = put(&mut etcd, "/c/a", "1").await;
+    put(&mut etcd, "/c/a", "2").await;
+    let compacted = put(&mut etcd, "/c/a", "3").await;
+    etcd.compact(compacted, None).await.unwrap();
+    let r0_text = r0.to_string();
+    for args in [
+        vec!["diff", "/c", &r0_text],
+        vec!["rollback", "/c", "--to", &r0_text],
+    ] {
+        let out = run(&ep, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let error = text(&out.stderr);
+        assert!(
+            error.contains(&format!("revision {r0} of /c was compacted away"))
+                && error.contains(&format!("the oldest revision to ask for is {compacted}")),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        get(&mut etcd, "/c/a").await.unwrap().0,
+        b"3",
+        "nothing written"
+    );
+}

@@ -129,6 +129,11 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 1_572_864)]
     pub max_request_bytes: usize,
 
+    /// Show the keys as they were at this etcd revision, read-only and
+    /// fixed (no watch), as long as etcd keeps it (until compaction).
+    #[arg(long, value_name = "REV", conflicts_with = "report")]
+    pub revision: Option<i64>,
+
     #[command(flatten)]
     pub report: crate::reporting::ReportArgs,
 }

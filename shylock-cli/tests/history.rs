@@ -1,7 +1,8 @@
-//! `shylock diff` and `shylock rollback` against a real etcd's history:
-//! puts, deletes and transactions, a rollback restoring deletions, one
-//! refused by a concurrent change with nothing written, batches, and a
-//! compacted revision's error.
+//! `shylock diff`, `shylock rollback` and `shylock mount --revision`
+//! against a real etcd's history: puts, deletes and transactions, a
+//! rollback restoring deletions, one refused by a concurrent change with
+//! nothing written, batches, a mount of a past revision, and a compacted
+//! revision's error.
 
 mod support;
 
@@ -187,9 +188,19 @@ async fn a_compacted_revision_is_an_error_naming_the_compaction() {
     let compacted = put(&mut etcd, "/c/a", "3").await;
     etcd.compact(compacted, None).await.unwrap();
     let r0_text = r0.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().display().to_string();
     for args in [
         vec!["diff", "/c", &r0_text],
         vec!["rollback", "/c", "--to", &r0_text],
+        vec![
+            "mount",
+            &mountpoint,
+            "--prefix",
+            "/c",
+            "--revision",
+            &r0_text,
+        ],
     ] {
         let out = run(&ep, &args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
@@ -205,4 +216,38 @@ async fn a_compacted_revision_is_an_error_naming_the_compaction() {
         b"3",
         "nothing written"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mount_at_a_past_revision_shows_it_read_only_and_fixed() {
+    let server = shared_server();
+    let ep = server.endpoint();
+    let p = unique_prefix("hist-mount");
+    let mut etcd = etcd(&ep).await;
+    put(&mut etcd, &format!("{p}/a"), "1").await;
+    let r0 = put(&mut etcd, &format!("{p}/b/c"), "deep").await;
+    put(&mut etcd, &format!("{p}/a"), "2").await;
+    etcd.delete(format!("{p}/b/c"), None).await.unwrap();
+    put(&mut etcd, &format!("{p}/new"), "later").await;
+
+    let mount = Mount::start(&ep, &p, &["--revision", &r0.to_string()]);
+    assert_eq!(std::fs::read_to_string(mount.file("a")).unwrap(), "1");
+    assert_eq!(std::fs::read_to_string(mount.file("b/c")).unwrap(), "deep");
+    assert_eq!(ls(&mount.path), ["a", "b"]);
+    let error = std::fs::write(mount.file("a"), "x").unwrap_err();
+    assert_eq!(
+        error.raw_os_error(),
+        Some(libc::EROFS),
+        "a past revision is read-only"
+    );
+    // It does not follow etcd: once a live mount beside it shows a later
+    // change, the past one still shows revision r0's value.
+    let live = Mount::start(&ep, &p, &[]);
+    put(&mut etcd, &format!("{p}/a"), "3").await;
+    wait_until("the live mount to show 3", || {
+        std::fs::read_to_string(live.file("a")).is_ok_and(|v| v == "3")
+    });
+    assert_eq!(std::fs::read_to_string(mount.file("a")).unwrap(), "1");
+    live.stop();
+    mount.stop();
 }

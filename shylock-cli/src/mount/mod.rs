@@ -21,7 +21,11 @@ use view::{Owner, View};
 const REQUEST_OVERHEAD: usize = 4096;
 
 pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
-    let read_only = args.read_only || env_true("SHYLOCK_READ_ONLY") || env_true("ETC_READ_ONLY");
+    // A past revision cannot be written.
+    let read_only = args.read_only
+        || args.revision.is_some()
+        || env_true("SHYLOCK_READ_ONLY")
+        || env_true("ETC_READ_ONLY");
     check_fuse()?;
     prepare_mountpoint(&args.mountpoint)?;
 
@@ -34,21 +38,46 @@ pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
     let invalidations = handler.invalidations();
     let reporter = args.report.start(&client, "mount")?;
     let report = crate::reporting::prefix_report(reporter.as_ref(), &args.prefix);
-    // The handler fills the view with the first read, then keeps it current.
-    let (revision, watch) = client
-        .watch_tree(&base, move |event: TreeEvent<'_>| {
-            let revision = match &event {
-                TreeEvent::Changed { revision, .. } | TreeEvent::Replaced { revision, .. } => {
-                    Some(*revision)
-                }
-                _ => None,
-            };
-            handler.handle(event);
-            if let (Some(report), Some(revision)) = (&report, revision) {
-                report.applied(revision);
-            }
-        })
-        .await?;
+    // The handler fills the view with the first read, then keeps it current
+    // (or, at a past revision, with that revision's keys only).
+    let (revision, watch) = match args.revision {
+        Some(past) => {
+            let scope = crate::kv::Scope::new(&args.prefix, true)?;
+            let state = crate::history::read_at(&client, &scope, Some(past)).await?;
+            let tree: shylock::Tree = state
+                .keys
+                .into_iter()
+                .map(|(key, version)| {
+                    let entry = shylock::Entry {
+                        value: version.value.into_boxed_slice(),
+                        mod_revision: version.mod_revision,
+                    };
+                    (key, entry)
+                })
+                .collect();
+            handler.handle(TreeEvent::Replaced {
+                revision: past,
+                tree: &tree,
+            });
+            (past, None)
+        }
+        None => {
+            let (revision, watch) = client
+                .watch_tree(&base, move |event: TreeEvent<'_>| {
+                    let revision = match &event {
+                        TreeEvent::Changed { revision, .. }
+                        | TreeEvent::Replaced { revision, .. } => Some(*revision),
+                        _ => None,
+                    };
+                    handler.handle(event);
+                    if let (Some(report), Some(revision)) = (&report, revision) {
+                        report.applied(revision);
+                    }
+                })
+                .await?;
+            (revision, Some(watch))
+        }
+    };
     tracing::info!(revision, prefix = %args.prefix, mountpoint = %args.mountpoint.display(), "mounting");
 
     let owner = Owner {

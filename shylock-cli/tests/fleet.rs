@@ -128,14 +128,6 @@ fn instances(status: &serde_json::Value) -> Vec<(String, i64, bool, String)> {
     all
 }
 
-fn run(endpoint: &str, args: &[&str]) -> std::process::Output {
-    shylock()
-        .args(["--endpoints", endpoint])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fleet_reports_status_names_rejections_and_wait_gates_on_them() {
     let server = EtcdServer::start();

@@ -6,20 +6,11 @@
 
 mod support;
 
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::*;
-
-fn run(endpoint: &str, args: &[&str]) -> Output {
-    shylock()
-        .args(["--endpoints", endpoint])
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

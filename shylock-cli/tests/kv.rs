@@ -4,18 +4,10 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 
 use support::*;
-
-fn run(endpoint: &str, args: &[&str]) -> Output {
-    shylock()
-        .args(["--endpoints", endpoint])
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn ok(endpoint: &str, args: &[&str]) -> Vec<u8> {
     let output = run(endpoint, args);

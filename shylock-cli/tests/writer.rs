@@ -4,18 +4,9 @@
 mod support;
 
 use std::fs;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
 use support::*;
-
-fn run(endpoint: &str, args: &[&str]) -> Output {
-    shylock()
-        .arg("--endpoints")
-        .arg(endpoint)
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn ok(endpoint: &str, args: &[&str]) -> String {
     let output = run(endpoint, args);

@@ -19,6 +19,15 @@ pub fn shylock() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shylock"))
 }
 
+/// Runs `shylock --endpoints endpoint ARGS` to its end.
+pub fn run(endpoint: &str, args: &[&str]) -> std::process::Output {
+    shylock()
+        .args(["--endpoints", endpoint])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// Waits until `check` holds, or fails the test naming `what`.
 pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;

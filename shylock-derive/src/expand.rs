@@ -22,6 +22,11 @@ pub fn derive(input: &Input<'_>) -> TokenStream {
         .iter()
         .filter(|f| !f.attrs.skip.is_set())
         .map(|f| describe_field(input, f));
+    let schema = input
+        .fields
+        .iter()
+        .filter(|f| !f.attrs.skip.is_set())
+        .map(|f| schema_field(input, f));
     let builds = input.fields.iter().map(|f| build_field(input, f));
     let patches = input.fields.iter().map(|f| patch_field(input, f));
     let names = input.fields.iter().map(|f| f.ident);
@@ -48,6 +53,14 @@ pub fn derive(input: &Input<'_>) -> TokenStream {
                 __out: &mut ::std::vec::Vec<::shylock::Dependency>,
             ) {
                 #(#describe)*
+            }
+
+            fn __schema(
+                __base: &str,
+                __flags: ::shylock::__private::Flags,
+                __out: &mut ::std::vec::Vec<::shylock::SchemaKey>,
+            ) {
+                #(#schema)*
             }
 
             fn __build(
@@ -121,14 +134,51 @@ fn elem(field: &Field<'_>, ty: &Type) -> TokenStream {
 fn describe_field(input: &Input<'_>, field: &Field<'_>) -> TokenStream {
     let key = key_expr(input, field);
     let elem = elem(field, field.shape.element());
+    let flags = nested_flags(field);
+    quote! {
+        ::shylock::__private::describe(&#elem, &#key, #flags, __out);
+    }
+}
+
+/// The flags of a field inside the struct being described.
+fn nested_flags(field: &Field<'_>) -> TokenStream {
     let secret = field.attrs.secret.is_set();
     let required = matches!(field.shape, Shape::Plain(_)) && !field.attrs.default.is_set();
     let children = matches!(field.shape, Shape::Map(_) | Shape::List(_));
+    quote!(__flags.nest(#secret, #required, #children))
+}
+
+fn schema_field(input: &Input<'_>, field: &Field<'_>) -> TokenStream {
+    let key = key_expr(input, field);
+    let elem = elem(field, field.shape.element());
+    let flags = nested_flags(field);
+    let shape = match field.shape {
+        Shape::Plain(_) => quote!(Value),
+        Shape::Optional(_) => quote!(Optional),
+        Shape::Map(_) => quote!(Map),
+        Shape::List(_) => quote!(List),
+    };
+    let encoding = if field.attrs.json.is_set() {
+        quote!(Json)
+    } else if field.attrs.toml.is_set() {
+        quote!(Toml)
+    } else {
+        quote!(Text)
+    };
+    let default = match field.attrs.default.get().map(|d| &d.value) {
+        Some(Default::Text(text)) => quote!(::core::option::Option::Some(#text)),
+        _ => quote!(::core::option::Option::None),
+    };
     quote! {
-        ::shylock::__private::describe(
+        ::shylock::__private::schema_field(
             &#elem,
             &#key,
-            __flags.nest(#secret, #required, #children),
+            #flags,
+            ::shylock::__private::FieldInfo {
+                shape: ::shylock::Shape::#shape,
+                encoding: ::shylock::Encoding::#encoding,
+                default: #default,
+            },
             __out,
         );
     }

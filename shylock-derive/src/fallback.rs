@@ -25,6 +25,13 @@ pub fn expand(input: &DeriveInput, errors: syn::Error) -> TokenStream {
             ) {
                 ::core::panic!("EtcdConfig derive failed")
             }
+            fn __schema(
+                _: &str,
+                _: ::shylock::__private::Flags,
+                _: &mut ::std::vec::Vec<::shylock::SchemaKey>,
+            ) {
+                ::core::panic!("EtcdConfig derive failed")
+            }
             fn __build(
                 _: &mut ::shylock::__private::Cx<'_>,
                 _: &str,

@@ -138,6 +138,16 @@ impl ConnectOptions {
         &self.endpoints
     }
 
+    /// The etcd user requests are made as, if any (never the password).
+    pub fn user_name(&self) -> Option<&str> {
+        self.user.as_ref().map(|(name, _)| name.as_str())
+    }
+
+    /// The client certificate presented to etcd, if any.
+    pub fn client_cert(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().and_then(TlsFiles::cert)
+    }
+
     /// The stall timeout (see [`with_stall_timeout`](Self::with_stall_timeout)).
     pub fn stall_timeout(&self) -> Duration {
         self.stall_timeout

@@ -75,6 +75,9 @@ pub trait EtcdConfig: Sized + Send + Sync + 'static {
     fn __describe(base: &str, flags: Flags, out: &mut Vec<Dependency>);
 
     #[doc(hidden)]
+    fn __schema(base: &str, flags: Flags, out: &mut Vec<crate::schema::SchemaKey>);
+
+    #[doc(hidden)]
     fn __build(cx: &mut Cx<'_>, base: &str) -> Option<Self>;
 
     #[doc(hidden)]

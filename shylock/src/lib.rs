@@ -45,6 +45,7 @@ mod live;
 mod load;
 mod memory;
 pub mod report;
+mod schema;
 mod snapshot;
 mod startup;
 mod status;
@@ -74,6 +75,9 @@ pub use crate::error::{ConfigError, Error, Problem, ProblemKind, Result};
 pub use crate::event::{Change, Event, KeyChange};
 pub use crate::live::{Cached, Live, Publisher, Snapshot};
 pub use crate::report::{Report, ReportOptions, Reporter};
+pub use crate::schema::{
+    schema, schema_key, Encoding, Refusal, Schema, SchemaKey, Shape, SCHEMA_ROOT, SCHEMA_VERSION,
+};
 pub use crate::snapshot::SnapshotError;
 pub use crate::startup::{ConfigOptions, Startup};
 pub use crate::status::Status;

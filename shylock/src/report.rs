@@ -100,7 +100,7 @@ impl Default for ReportOptions {
             .unwrap_or_else(|| "unknown".into());
         ReportOptions {
             root: DEFAULT_ROOT.into(),
-            instance: format!("{}-{}", hostname(), std::process::id()),
+            instance: format!("{}-{}", crate::__private::hostname(), std::process::id()),
             labels: BTreeMap::new(),
             program,
             version: String::new(),
@@ -509,14 +509,6 @@ fn schema_hash(dependencies: &[Dependency]) -> String {
 
 fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -34,6 +34,11 @@ impl TlsFiles {
         self
     }
 
+    /// The client certificate's file, if one is set.
+    pub fn cert(&self) -> Option<&Path> {
+        self.cert.as_deref()
+    }
+
     pub(crate) fn set_ca(&mut self, ca: PathBuf) {
         self.ca = Some(ca);
     }

@@ -9,6 +9,7 @@ use std::str::FromStr;
 use crate::config::{Dependency, DependencyKind, EtcdConfig};
 use crate::decode::{self, DecodeError, FromValue};
 use crate::error::{Problem, ProblemKind};
+use crate::schema::{Encoding, SchemaKey, Shape};
 use crate::tree::Tree;
 
 mod patch;
@@ -28,6 +29,7 @@ pub enum Elem<T> {
 pub struct Node<T> {
     build: fn(&mut Cx<'_>, &str) -> Option<T>,
     describe: fn(&str, Flags, &mut Vec<Dependency>),
+    schema: fn(&str, Flags, &mut Vec<SchemaKey>),
     patch: fn(&mut T, &mut Cx<'_>, &str, &Changed) -> bool,
 }
 
@@ -62,6 +64,7 @@ impl<T: EtcdConfig> ProbeNode<T> for &&Probe<T> {
         Elem::Node(Node {
             build: T::__build,
             describe: T::__describe,
+            schema: T::__schema,
             patch: T::__patch,
         })
     }
@@ -159,6 +162,54 @@ pub fn describe<T>(elem: &Elem<T>, key: &str, flags: Flags, out: &mut Vec<Depend
     }
 }
 
+/// What the derive knows of one field beyond its element type.
+pub struct FieldInfo {
+    pub shape: Shape,
+    pub encoding: Encoding,
+    /// The text of `default = "text"`.
+    pub default: Option<&'static str>,
+}
+
+/// Records the schema of one field: a leaf's key (`key/*` for a map's or
+/// list's entries), or a nested config's keys under it.
+pub fn schema_field<T>(
+    elem: &Elem<T>,
+    key: &str,
+    flags: Flags,
+    info: FieldInfo,
+    out: &mut Vec<SchemaKey>,
+) {
+    let key = if flags.children {
+        format!("{key}/*")
+    } else {
+        key.to_owned()
+    };
+    match elem {
+        Elem::Leaf(_) => {
+            let rust_type = short_type_name::<T>();
+            out.push(SchemaKey {
+                json_schema: crate::schema::json_schema(&rust_type, info.encoding),
+                key,
+                shape: info.shape,
+                rust_type,
+                encoding: info.encoding,
+                required: flags.required,
+                default: info.default.map(str::to_owned),
+                secret: flags.secret,
+            });
+        }
+        Elem::Node(node) => {
+            // An entry of a map or list needs its own required keys.
+            let inner = Flags {
+                children: false,
+                required: flags.required || flags.children,
+                ..flags
+            };
+            (node.schema)(&key, inner, out)
+        }
+    }
+}
+
 /// Brings `value`, built from earlier keys, up to the keys in `tree`,
 /// reading again only what the `changed` keys touch; `false` when a problem
 /// was met. What an update does when a spare copy of the config is free;
@@ -170,6 +221,15 @@ pub fn patch<T: EtcdConfig>(
     changed: Vec<String>,
 ) -> bool {
     crate::config::patch(value, tree, prefix, &Changed::new(changed))
+}
+
+/// This machine's name, for reports and audit records.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// The base path of a prefix: no trailing `/`, so `join` adds exactly one.
@@ -396,7 +456,10 @@ impl<'a> Cx<'a> {
 }
 
 /// `"abc": invalid digit found in string`, with long values cut short.
-fn describe_failure(raw: &[u8], error: &(dyn std::error::Error + Send + Sync)) -> String {
+pub(crate) fn describe_failure(
+    raw: &[u8],
+    error: &(dyn std::error::Error + Send + Sync),
+) -> String {
     const SHOWN: usize = 64;
     let text = String::from_utf8_lossy(raw);
     let shown: String = text.chars().take(SHOWN).collect();

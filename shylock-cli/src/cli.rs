@@ -61,11 +61,17 @@ pub enum Command {
     Del(crate::del::DelArgs),
     /// Print the changes of a key, or of the keys under a prefix, as they come.
     Watch(crate::watch::WatchArgs),
+    /// The revisions that changed keys under a prefix, newest first, with
+    /// who, when and why where an audit record says.
+    Log(crate::log::LogArgs),
     /// A unified diff of the keys under a prefix between two revisions.
     Diff(crate::diff::DiffArgs),
     /// Write the keys under a prefix back as they were at a revision, in
     /// one guarded transaction.
     Rollback(crate::rollback::RollbackArgs),
+    /// Publish, show or check the schema a program's config reads: writers
+    /// refuse values it does not allow.
+    Schema(crate::schema::SchemaArgs),
     /// Show the instances following a prefix (from their --report): the
     /// revision each runs, how far behind, what it rejected and why.
     Status(crate::status::StatusArgs),
@@ -135,6 +141,9 @@ pub struct MountArgs {
     pub revision: Option<i64>,
 
     #[command(flatten)]
+    pub write: crate::guard::WriteArgs,
+
+    #[command(flatten)]
     pub report: crate::reporting::ReportArgs,
 }
 
@@ -151,8 +160,10 @@ impl Cli {
             Command::Put(args) => crate::put::run(&self.connect, args).await,
             Command::Del(args) => crate::del::run(&self.connect, args).await,
             Command::Watch(args) => crate::watch::run(&self.connect, args).await,
+            Command::Log(args) => crate::log::run(&self.connect, args).await,
             Command::Diff(args) => crate::diff::run(&self.connect, args).await,
             Command::Rollback(args) => crate::rollback::run(&self.connect, args).await,
+            Command::Schema(args) => crate::schema::run(&self.connect, args).await,
             Command::Status(args) => crate::status::run(&self.connect, args).await,
             Command::Wait(args) => crate::wait::run(&self.connect, args).await,
             Command::Completions(args) => crate::docs::completions(args),

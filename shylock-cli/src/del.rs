@@ -5,6 +5,8 @@ use serde_json::json;
 
 use crate::connect::ConnectArgs;
 use crate::exit::Error;
+use crate::guard::{Change, Guard, WriteArgs};
+use crate::history::read_at;
 use crate::kv::{emit, json_line, KeyArgs};
 
 #[derive(Debug, clap::Args)]
@@ -15,11 +17,20 @@ pub struct DelArgs {
     /// Print JSON ({"deleted": N, "revision": R}) instead of the count.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub write: WriteArgs,
 }
 
 pub async fn run(connect: &ConnectArgs, args: DelArgs) -> Result<(), Error> {
     let scope = args.target.scope()?;
     let client = shylock::Client::connect(connect.options()?).await?;
+    let guard = Guard::new(&client, &args.write, "del").await?;
+    // The keys that go, to check (a required key may not) and to record.
+    let doomed = read_at(&client, &scope, None).await?;
+    let keys: Vec<&str> = doomed.keys.keys().map(String::as_str).collect();
+    let changes: Vec<Change<'_>> = keys.iter().map(|k| Change::Delete(k)).collect();
+    guard.check(&changes)?;
     let mut ops = Vec::new();
     if !scope.key.is_empty() {
         ops.push(etcd_client::TxnOp::delete(scope.key.as_bytes(), None));
@@ -30,13 +41,41 @@ pub async fn run(connect: &ConnectArgs, args: DelArgs) -> Result<(), Error> {
             Some(etcd_client::DeleteOptions::new().with_prefix()),
         ));
     }
-    let txn = etcd_client::Txn::new().and_then(ops);
+    if !keys.is_empty() {
+        ops.extend(guard.audit_op(&keys));
+    }
+    // Only if what was checked is still what goes.
+    let mut compares = Vec::new();
+    if !scope.key.is_empty() {
+        compares.push(etcd_client::Compare::mod_revision(
+            scope.key.as_bytes(),
+            etcd_client::CompareOp::Less,
+            doomed.revision + 1,
+        ));
+    }
+    if scope.prefix {
+        compares.push(
+            etcd_client::Compare::mod_revision(
+                scope.children(),
+                etcd_client::CompareOp::Less,
+                doomed.revision + 1,
+            )
+            .with_prefix(),
+        );
+    }
+    let txn = etcd_client::Txn::new().when(compares).and_then(ops);
     let response = client
         .request(&format!("delete {}", args.target.key), |mut etcd| {
             let txn = txn.clone();
             async move { etcd.txn(txn).await }
         })
         .await?;
+    if !response.succeeded() {
+        return Err(crate::exit::msg(format!(
+            "keys under {} changed while deleting; nothing was deleted, run it again",
+            args.target.key
+        )));
+    }
     let deleted: i64 = response
         .op_responses()
         .iter()

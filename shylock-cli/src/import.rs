@@ -12,6 +12,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use crate::connect::ConnectArgs;
 use crate::document::{self, Format};
 use crate::exit::{msg, Error};
+use crate::guard::{refused_error, Change, Guard, WriteArgs};
 use crate::names::{self, VALUE_FILE};
 
 #[derive(Debug, clap::Args)]
@@ -45,12 +46,23 @@ pub struct ImportArgs {
     /// importing user may read into etcd).
     #[arg(long)]
     pub follow_links: bool,
+
+    #[command(flatten)]
+    pub write: WriteArgs,
 }
 
-/// One change to make.
+/// One change to make (the key relative to the prefix).
 enum Op {
     Put(String, Vec<u8>),
     Delete(String),
+}
+
+impl Op {
+    fn key(&self) -> &str {
+        match self {
+            Op::Put(key, _) | Op::Delete(key) => key,
+        }
+    }
 }
 
 pub async fn run(connect: &ConnectArgs, args: ImportArgs) -> Result<(), Error> {
@@ -100,6 +112,25 @@ pub async fn run(connect: &ConnectArgs, args: ImportArgs) -> Result<(), Error> {
         }
     }
     drop(out);
+    // The prefix as it will be, checked whole against its schema.
+    let full = |key: &str| format!("{base}/{key}");
+    let mut after: BTreeMap<String, Vec<u8>> = if args.prune {
+        BTreeMap::new()
+    } else {
+        current.iter().map(|(k, v)| (full(k), v.clone())).collect()
+    };
+    after.extend(desired.iter().map(|(k, v)| (full(k), v.clone())));
+    let full_keys: Vec<String> = ops.iter().map(|op| full(op.key())).collect();
+    let changes: Vec<Change<'_>> = ops
+        .iter()
+        .zip(&full_keys)
+        .map(|(op, key)| match op {
+            Op::Put(_, value) => Change::Put(key, value),
+            Op::Delete(_) => Change::Delete(key),
+        })
+        .collect();
+    let guard = Guard::new(&client, &args.write, "import").await?;
+    refused_error(guard.refusals_of_state(&base, &changes, &after))?;
     if args.dry_run || ops.is_empty() {
         eprintln!(
             "{} change(s){}",
@@ -114,15 +145,19 @@ pub async fn run(connect: &ConnectArgs, args: ImportArgs) -> Result<(), Error> {
     }
 
     let txn_ops = |chunk: &[Op]| -> Vec<TxnOp> {
-        chunk
+        let mut txn: Vec<TxnOp> = chunk
             .iter()
             .map(|op| match op {
-                Op::Put(key, value) => TxnOp::put(format!("{base}/{key}"), value.clone(), None),
-                Op::Delete(key) => TxnOp::delete(format!("{base}/{key}"), None),
+                Op::Put(key, value) => TxnOp::put(full(key), value.clone(), None),
+                Op::Delete(key) => TxnOp::delete(full(key), None),
             })
-            .collect()
+            .collect();
+        let keys: Vec<String> = chunk.iter().map(|op| full(op.key())).collect();
+        txn.extend(guard.audit_op(&keys.iter().map(String::as_str).collect::<Vec<_>>()));
+        txn
     };
-    let batch = args.batch.max(1);
+    // etcd's limit counts the audit record too.
+    let batch = args.batch.max(2) - usize::from(guard.audits());
     if ops.len() <= batch {
         // One transaction, and only if nothing under the prefix changed since it was read.
         let unchanged =

@@ -1,5 +1,6 @@
 //! `shylock put`: write one key, the value from the command line or from
-//! standard input (exactly its bytes: no newline is added or removed).
+//! standard input (exactly its bytes: no newline is added or removed),
+//! checked against a published schema, with its audit record if asked for.
 
 use std::io::Read;
 
@@ -7,6 +8,7 @@ use serde_json::json;
 
 use crate::connect::ConnectArgs;
 use crate::exit::{usage, Error};
+use crate::guard::{Change, Guard, WriteArgs};
 use crate::kv::{emit, json_line};
 
 #[derive(Debug, clap::Args)]
@@ -23,6 +25,9 @@ pub struct PutArgs {
     /// it, nothing is printed.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub write: WriteArgs,
 }
 
 pub async fn run(connect: &ConnectArgs, args: PutArgs) -> Result<(), Error> {
@@ -41,10 +46,15 @@ pub async fn run(connect: &ConnectArgs, args: PutArgs) -> Result<(), Error> {
         Some(value) => value.as_bytes().to_vec(),
     };
     let client = shylock::Client::connect(connect.options()?).await?;
+    let guard = Guard::new(&client, &args.write, "put").await?;
+    guard.check(&[Change::Put(&args.key, &value)])?;
+    let mut ops = vec![etcd_client::TxnOp::put(args.key.as_str(), value, None)];
+    ops.extend(guard.audit_op(&[&args.key]));
+    let txn = etcd_client::Txn::new().and_then(ops);
     let response = client
         .request(&format!("put {}", args.key), |mut etcd| {
-            let (key, value) = (args.key.clone(), value.clone());
-            async move { etcd.put(key, value, None).await }
+            let txn = txn.clone();
+            async move { etcd.txn(txn).await }
         })
         .await?;
     if args.json {

@@ -12,6 +12,7 @@ use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
 use crate::connect::ConnectArgs;
 use crate::exit::{msg, Error, Partial};
+use crate::guard::{refused_error, Change, Guard, WriteArgs};
 use crate::history::{read_at, State};
 use crate::kv::Scope;
 
@@ -32,6 +33,9 @@ pub struct RollbackArgs {
     /// default).
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
+
+    #[command(flatten)]
+    pub write: WriteArgs,
 }
 
 /// One key to write back.
@@ -100,6 +104,21 @@ pub async fn run(connect: &ConnectArgs, args: RollbackArgs) -> Result<(), Error>
         writeln!(out, "{sign} {}", step.key())?;
     }
     drop(out);
+    // The prefix as it was is checked whole against today's schema.
+    let guard = Guard::new(&client, &args.write, "rollback").await?;
+    let changes: Vec<Change<'_>> = steps
+        .iter()
+        .map(|(_, step)| match step {
+            Step::Put(key, value, _) => Change::Put(key, value),
+            Step::Delete(key, _) => Change::Delete(key),
+        })
+        .collect();
+    let after = then
+        .keys
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    refused_error(guard.refusals_of_state(&scope.key, &changes, &after))?;
     if args.dry_run || steps.is_empty() {
         eprintln!(
             "{} change(s) back to revision {}{}",
@@ -113,7 +132,16 @@ pub async fn run(connect: &ConnectArgs, args: RollbackArgs) -> Result<(), Error>
         );
         return Ok(());
     }
-    let batch = args.batch.max(1);
+    // etcd's limit (--batch) counts compares and operations apart: a batch
+    // after the first has two more compares (the prefix unchanged), and
+    // each may carry an audit record.
+    let room = args.batch.max(3);
+    let audit = usize::from(guard.audits());
+    let batch = if steps.len() + audit <= room {
+        steps.len()
+    } else {
+        room - 2
+    };
     let mut since = now.revision;
     let total = steps.len();
     for (i, chunk) in steps.chunks(batch).enumerate() {
@@ -131,9 +159,10 @@ pub async fn run(connect: &ConnectArgs, args: RollbackArgs) -> Result<(), Error>
                 ));
             }
         }
-        let txn = Txn::new()
-            .when(compares)
-            .and_then(chunk.iter().map(|(_, s)| s.op()).collect::<Vec<_>>());
+        let mut ops: Vec<TxnOp> = chunk.iter().map(|(_, s)| s.op()).collect();
+        let keys: Vec<&str> = chunk.iter().map(|(_, s)| s.key()).collect();
+        ops.extend(guard.audit_op(&keys));
+        let txn = Txn::new().when(compares).and_then(ops);
         let response = client
             .request(&format!("roll {} back", args.prefix), |mut etcd| {
                 let txn = txn.clone();

@@ -40,15 +40,7 @@ impl Member {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Member {
-        let binary = PathBuf::from(env!("CARGO_BIN_EXE_shylock"))
-            .parent()
-            .unwrap()
-            .join("examples/fleet_member");
-        assert!(
-            binary.exists(),
-            "{} not built (cargo test builds examples)",
-            binary.display()
-        );
+        let binary = example("fleet_member");
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("member.log");
         let mut child = Command::new(&binary)

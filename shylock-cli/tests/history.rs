@@ -169,6 +169,46 @@ async fn a_rollback_racing_another_writer_is_refused_naming_the_key_and_writes_n
     assert!(get(&mut etcd, &format!("{p}/b")).await.is_none());
 }
 
+/// More changes than three transactions hold, at etcd's default limit of
+/// 128 operations and 128 compares: later batches carry two more compares
+/// (the prefix unchanged) and each an audit record.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_of_hundreds_of_keys_fits_etcds_limits_in_every_batch() {
+    let server = shared_server();
+    let ep = server.endpoint();
+    let p = unique_prefix("hist-many");
+    let mut etcd = etcd(&ep).await;
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("keys.json");
+    let write = |value: &str| {
+        let keys: serde_json::Map<String, serde_json::Value> = (0..300)
+            .map(|i| (format!("k{i:03}"), value.into()))
+            .collect();
+        std::fs::write(&doc, serde_json::Value::Object(keys).to_string()).unwrap();
+        let out = run(&ep, &["import", doc.to_str().unwrap(), "--prefix", &p]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    write("old");
+    let r0 = get(&mut etcd, &format!("{p}/k000")).await.unwrap().1;
+    let r0 = r0.max(get(&mut etcd, &format!("{p}/k299")).await.unwrap().1);
+    write("new");
+    let done = run(
+        &ep,
+        &[
+            "rollback",
+            &p,
+            "--to",
+            &r0.to_string(),
+            "--reason",
+            "all back",
+        ],
+    );
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let back = values(&mut etcd, &format!("{p}/")).await;
+    assert_eq!(back.len(), 300);
+    assert!(back.iter().all(|(_, v)| v == "old"), "{back:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_compacted_revision_is_an_error_naming_the_compaction() {
     let server = EtcdServer::start();

@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::io::IntoRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -42,25 +42,6 @@ async fn history(etcd: &mut etcd_client::Client, key: &str) -> Vec<Vec<u8>> {
                 return values;
             }
         }
-    }
-}
-
-/// Writes `value` as `echo > file` does (open with O_TRUNC, write, close),
-/// and returns what close(2) said.
-fn write_and_close(path: &Path, value: &[u8]) -> std::io::Result<()> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
-    file.write_all(value)?;
-    // close(2)'s answer is the commit's: Rust's drop would ignore it.
-    let fd = file.into_raw_fd();
-    // SAFETY: closes the descriptor this function owns, once.
-    if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 

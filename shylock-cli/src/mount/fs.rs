@@ -24,6 +24,7 @@ use fuser::{
 use super::invalidate::Invalidations;
 use super::view::{Node, Owner, View};
 use crate::cli::Conflicts;
+use crate::guard::{Change, Guard, WriteArgs};
 use crate::names;
 
 /// How long the kernel may cache entries and attributes: long, because every
@@ -42,6 +43,7 @@ pub struct EtcdFs {
     conflicts: Conflicts,
     /// The largest value a write may make (etcd refuses larger requests).
     max_value: usize,
+    write: WriteArgs,
     invalidations: Invalidations,
     files: Mutex<HashMap<u64, Arc<Handle>>>,
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
@@ -56,6 +58,8 @@ pub struct Settings {
     pub conflicts: Conflicts,
     /// The largest value a write may make.
     pub max_value: usize,
+    /// Schema checks and audit records for writes.
+    pub write: WriteArgs,
 }
 
 /// One entry of an open directory: inode, kind and name.
@@ -135,6 +139,7 @@ impl EtcdFs {
             owner: settings.owner,
             conflicts: settings.conflicts,
             max_value: settings.max_value,
+            write: settings.write,
             invalidations,
             files: Mutex::default(),
             dirs: Mutex::default(),
@@ -242,13 +247,50 @@ impl EtcdFs {
         }
     }
 
+    /// Checks `changes` against the published schemas (read again for
+    /// each write, so a schema published after the mount holds), and
+    /// returns the audit record's operation, if any. A refusal is EINVAL,
+    /// logged with its reasons.
+    fn guard(&self, changes: &[Change<'_>], keys: &[&str]) -> Result<Option<TxnOp>, Errno> {
+        let guard = self
+            .runtime
+            .block_on(async {
+                tokio::time::timeout(ETCD_TIMEOUT, Guard::new(&self.client, &self.write, "mount"))
+                    .await
+            })
+            .map_err(|_| {
+                tracing::error!("etcd did not answer within {ETCD_TIMEOUT:?}");
+                Errno::EIO
+            })?
+            .map_err(|error| {
+                tracing::error!(%error, "cannot read the published schemas");
+                Errno::EIO
+            })?;
+        let refused = guard.refusals(changes);
+        if !refused.is_empty() {
+            for refusal in &refused {
+                tracing::warn!(%refusal, "write refused by the published schema");
+            }
+            return Err(Errno::EINVAL);
+        }
+        Ok(guard.audit_op(keys))
+    }
+
     /// Writes a file's content to its key in one put (compare-and-swap
     /// against the revision it started from, or last writer wins), as the
     /// version of inode `ino`. Only this file's lock is held meanwhile.
     /// Returns the inode the value ended up with.
     fn commit(&self, fh: Option<u64>, ino: u64, file: &mut OpenFile) -> Result<u64, Errno> {
         let key = self.abs(&file.key);
-        let put = TxnOp::put(key.clone(), file.data.clone(), None);
+        let audit = match self.guard(&[Change::Put(&key, &file.data)], &[&key]) {
+            Ok(audit) => audit,
+            Err(errno) => {
+                self.invalidations.inode(ino);
+                return Err(errno);
+            }
+        };
+        let mut ops = vec![TxnOp::put(key.clone(), file.data.clone(), None)];
+        ops.extend(audit);
         let txn = match self.conflicts {
             Conflicts::Cas => Txn::new()
                 .when([Compare::mod_revision(
@@ -256,8 +298,8 @@ impl EtcdFs {
                     CompareOp::Equal,
                     file.base,
                 )])
-                .and_then([put]),
-            Conflicts::Lww => Txn::new().and_then([put]),
+                .and_then(ops),
+            Conflicts::Lww => Txn::new().and_then(ops),
         };
         let result = self
             .etcd(&key, |mut etcd| {
@@ -493,10 +535,14 @@ impl EtcdFs {
             return Ok(());
         }
         let abs = self.abs(&key);
+        let audit = self.guard(&[Change::Delete(&abs)], &[&abs])?;
         // One key, never a prefix.
+        let mut ops = vec![TxnOp::delete(abs.clone(), None)];
+        ops.extend(audit);
+        let txn = Txn::new().and_then(ops);
         self.etcd(&abs, |mut etcd| {
-            let abs = abs.clone();
-            async move { etcd.delete(abs, None).await }
+            let txn = txn.clone();
+            async move { etcd.txn(txn).await }
         })?;
         let mut view = self.write_view();
         view.set(&key, None);
@@ -556,16 +602,25 @@ impl EtcdFs {
             return Err(Errno::EBUSY); // Still being created.
         };
         let (from_abs, to_abs) = (self.abs(&from), self.abs(&to));
+        let audit = self.guard(
+            &[
+                Change::Put(&to_abs, &value.bytes),
+                Change::Delete(&from_abs),
+            ],
+            &[&to_abs, &from_abs],
+        )?;
+        let mut ops = vec![
+            TxnOp::put(to_abs.clone(), value.bytes.to_vec(), None),
+            TxnOp::delete(from_abs.clone(), None),
+        ];
+        ops.extend(audit);
         let txn = Txn::new()
             .when([Compare::mod_revision(
                 from_abs.clone(),
                 CompareOp::Equal,
                 value.revision,
             )])
-            .and_then([
-                TxnOp::put(to_abs.clone(), value.bytes.to_vec(), None),
-                TxnOp::delete(from_abs.clone(), None),
-            ]);
+            .and_then(ops);
         let response = self.etcd(&from_abs, |mut etcd| {
             let txn = txn.clone();
             async move { etcd.txn(txn).await }

@@ -91,6 +91,7 @@ pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
         owner,
         conflicts: args.conflicts,
         max_value: args.max_request_bytes.saturating_sub(REQUEST_OVERHEAD),
+        write: args.write.clone(),
     };
     let filesystem = fs::EtcdFs::new(
         view,

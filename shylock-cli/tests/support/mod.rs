@@ -19,6 +19,21 @@ pub fn shylock() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shylock"))
 }
 
+/// One of shylock-cli's examples, built beside the binary under test.
+pub fn example(name: &str) -> PathBuf {
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_shylock"))
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        binary.exists(),
+        "{} not built (cargo test builds examples)",
+        binary.display()
+    );
+    binary
+}
+
 /// Runs `shylock --endpoints endpoint ARGS` to its end.
 pub fn run(endpoint: &str, args: &[&str]) -> std::process::Output {
     shylock()
@@ -471,4 +486,23 @@ pub fn stop(child: Daemon) {
 
 pub fn text(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Writes `value` as `echo > file` does (open with O_TRUNC, write, close),
+/// and returns what close(2) said.
+pub fn write_and_close(path: &Path, value: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    std::io::Write::write_all(&mut file, value)?;
+    // close(2)'s answer is the commit's: Rust's drop would ignore it.
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+    // SAFETY: closes the descriptor this function owns, once.
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

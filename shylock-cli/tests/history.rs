@@ -86,6 +86,29 @@ async fn diff_and_rollback_across_puts_deletes_and_transactions() {
         run(&ep, &["diff", &p, &r1.to_string(), &r1.to_string()]).stdout,
         b""
     );
+    // --format: the exported document's diff, keys relative to the prefix.
+    let doc = run(
+        &ep,
+        &[
+            "diff",
+            &p,
+            &r0.to_string(),
+            &r1.to_string(),
+            "--format",
+            "properties",
+        ],
+    );
+    assert!(doc.status.success(), "{}", text(&doc.stderr));
+    assert!(
+        text(&doc.stdout).ends_with("@@ -1,2 +1,2 @@\n-a=1\n+a=10\n b=2\n"),
+        "{}",
+        text(&doc.stdout)
+    );
+    let yaml = text(&run(&ep, &["diff", &p, &r0.to_string(), "--format", "yaml"]).stdout);
+    assert!(
+        yaml.contains("-a: '1'\n-b: '2'\n+a: '10'\n+c: '3'\n"),
+        "{yaml}"
+    );
 
     // A dry run says what it would do and writes nothing.
     let before = values(&mut etcd, &p).await;

@@ -64,6 +64,9 @@ pub enum Command {
     /// The revisions that changed keys under a prefix, newest first, with
     /// who, when and why where an audit record says.
     Log(crate::log::LogArgs),
+    /// Keep a record of every change under a prefix in etcd, beyond
+    /// compaction, for `log --journal`.
+    Journal(crate::journal::JournalArgs),
     /// A unified diff of the keys under a prefix between two revisions.
     Diff(crate::diff::DiffArgs),
     /// Write the keys under a prefix back as they were at a revision, in
@@ -161,6 +164,7 @@ impl Cli {
             Command::Del(args) => crate::del::run(&self.connect, args).await,
             Command::Watch(args) => crate::watch::run(&self.connect, args).await,
             Command::Log(args) => crate::log::run(&self.connect, args).await,
+            Command::Journal(args) => crate::journal::run(&self.connect, args).await,
             Command::Diff(args) => crate::diff::run(&self.connect, args).await,
             Command::Rollback(args) => crate::rollback::run(&self.connect, args).await,
             Command::Schema(args) => crate::schema::run(&self.connect, args).await,

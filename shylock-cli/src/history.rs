@@ -1,8 +1,20 @@
-//! What `diff` and `rollback` share: the keys under a prefix (a path, as
-//! `get --prefix` reads it) as they were at a revision, and a clear error
-//! when etcd compacted that revision away.
+//! What `diff`, `rollback`, `log` and `journal` share: the keys under a
+//! prefix (a path, as `get --prefix` reads it) as they were at a revision,
+//! every change to them between two revisions, and a clear error when etcd
+//! compacted a revision away.
+//!
+//! etcd keeps no index of revisions by key, so the changes come from a
+//! watch that replays every event since a revision. Before etcd 3.4.31 and
+//! 3.5.13, a watch that is catching up cannot tell when it has caught up
+//! (a progress request is answered before the events it should follow), so
+//! the replay covers the whole keyspace and stops at the first answer that
+//! reaches the last revision: every revision above 1 holds at least one
+//! event. The user needs read permission on every key, and the replay
+//! costs every write made since its start.
 
 use std::collections::BTreeMap;
+
+use etcd_client::{EventType, GetOptions, WatchOptions};
 
 use crate::exit::{msg, Error};
 use crate::kv::Scope;
@@ -113,4 +125,141 @@ async fn oldest_revision(client: &shylock::Client, key: &str) -> Option<i64> {
         .await
         .ok()?
         .ok()?
+}
+
+/// What one revision did to one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Created,
+    Changed,
+    Deleted,
+}
+
+impl Kind {
+    pub fn sign(self) -> char {
+        match self {
+            Kind::Created => '+',
+            Kind::Changed => '~',
+            Kind::Deleted => '-',
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Created => "created",
+            Kind::Changed => "changed",
+            Kind::Deleted => "deleted",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kind> {
+        [Kind::Created, Kind::Changed, Kind::Deleted]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+}
+
+/// One key's change at a revision; the value is `None` for a deletion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub key: String,
+    pub kind: Kind,
+    pub value: Option<Vec<u8>>,
+}
+
+/// The changes under a scope, by revision.
+pub type History = BTreeMap<i64, Vec<Event>>;
+
+/// How a replay ended.
+pub enum Replay {
+    Done(History),
+    /// The start is older than this, the oldest revision etcd keeps.
+    Compacted(i64),
+}
+
+/// etcd's current revision.
+pub async fn current_revision(client: &shylock::Client) -> Result<i64, Error> {
+    Ok(client
+        .request("read the current revision", |mut etcd| async move {
+            etcd.get("\0", Some(GetOptions::new().with_count_only()))
+                .await
+        })
+        .await?
+        .header()
+        .map_or(0, |h| h.revision()))
+}
+
+/// Every change under `scope` from `start` through `until`.
+pub async fn replay(
+    client: &shylock::Client,
+    scope: &Scope,
+    start: i64,
+    until: i64,
+) -> Result<Replay, Error> {
+    // Revision 1 is an empty store's: no revision before 2 has events.
+    if until < 2 || start > until {
+        return Ok(Replay::Done(History::new()));
+    }
+    let scope = scope.clone();
+    let replay = client
+        .request(
+            &format!("replay the history since revision {start}"),
+            |mut etcd| {
+                let scope = scope.clone();
+                async move {
+                    let options = WatchOptions::new()
+                        .with_all_keys()
+                        .with_start_revision(start);
+                    let mut stream = etcd.watch("\0", Some(options)).await?;
+                    let mut history = History::new();
+                    while let Some(response) = stream.message().await? {
+                        if response.compact_revision() > 0 {
+                            return Ok(Ok(Replay::Compacted(response.compact_revision())));
+                        }
+                        if response.canceled() {
+                            return Ok(Err(response.cancel_reason().to_owned()));
+                        }
+                        let mut last = 0;
+                        for event in response.events() {
+                            let Some(kv) = event.kv() else { continue };
+                            last = last.max(kv.mod_revision());
+                            if kv.mod_revision() > until || !scope.covers(kv.key()) {
+                                continue;
+                            }
+                            let (kind, value) = match event.event_type() {
+                                EventType::Delete => (Kind::Deleted, None),
+                                EventType::Put if kv.version() == 1 => {
+                                    (Kind::Created, Some(kv.value().to_vec()))
+                                }
+                                EventType::Put => (Kind::Changed, Some(kv.value().to_vec())),
+                            };
+                            let key = String::from_utf8_lossy(kv.key()).into_owned();
+                            history.entry(kv.mod_revision()).or_default().push(Event {
+                                key,
+                                kind,
+                                value,
+                            });
+                        }
+                        // A revision's events come in one answer: at
+                        // `until`, the history is whole.
+                        if last >= until {
+                            return Ok(Ok(Replay::Done(history)));
+                        }
+                    }
+                    Ok(Err("the watch ended".to_owned()))
+                }
+            },
+        )
+        .await?;
+    replay.map_err(|reason| {
+        msg(if reason.contains("permission denied") {
+            format!(
+                "etcd refused the replay ({reason}): reading the history replays every key \
+                 (etcd before 3.4.31/3.5.13 cannot end a replay of one prefix), so the user \
+                 needs read permission on all keys"
+            )
+        } else {
+            format!("the replay of the history failed: {reason}")
+        })
+    })
 }

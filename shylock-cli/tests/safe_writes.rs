@@ -356,3 +356,137 @@ async fn log_shows_puts_deletes_and_transactions_newest_first_and_names_a_compac
         .collect();
     assert_eq!(kept, [r4, r3]);
 }
+
+/// The journal's record keys, oldest first, as revisions.
+async fn journaled(etcd: &mut etcd_client::Client) -> Vec<i64> {
+    keys(etcd, "/journal/app")
+        .await
+        .iter()
+        .map(|k| k.parse().unwrap())
+        .collect()
+}
+
+/// Starts `shylock journal /app --into /journal/app` and waits until it
+/// serves (it caught up first).
+fn journal(ep: &str, dir: &Path, run: &str, extra: &[&str]) -> Daemon {
+    let log = dir.join(format!("journal-{run}.log"));
+    let mut args = vec!["journal", "/app", "--into", "/journal/app"];
+    args.extend_from_slice(extra);
+    let daemon = Daemon::spawn(ep, &args, &log);
+    wait_until("the journal to serve", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("journaling")
+    });
+    daemon
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_journal_keeps_history_past_compaction_across_restarts_within_its_bounds() {
+    let server = EtcdServer::start();
+    let ep = server.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let mut etcd = etcd(&ep).await;
+    let daemon = journal(&ep, dir.path(), "first", &[]);
+    let r1 = put(&mut etcd, "/app/a", "1").await;
+    put(&mut etcd, "/app-other/x", "not mine").await;
+    let r2 = put(&mut etcd, "/app/b", "2").await;
+    let txn = etcd_client::Txn::new().and_then([
+        etcd_client::TxnOp::put("/app/a", "10", None),
+        etcd_client::TxnOp::delete("/app/b", None),
+    ]);
+    let r3 = etcd.txn(txn).await.unwrap().header().unwrap().revision();
+    let r4 = etcd
+        .delete("/app/a", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let whole = format!(
+        "revision {r4}\n  - /app/a\nrevision {r3}\n  ~ /app/a\n  - /app/b\n\
+         revision {r2}\n  + /app/b\nrevision {r1}\n  + /app/a\n"
+    );
+    let mut seen = Vec::new();
+    for _ in 0..1000 {
+        seen = journaled(&mut etcd).await;
+        if seen.last() == Some(&r4) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(seen, [r1, r2, r3, r4]);
+    let record: Value = serde_json::from_slice(
+        &get(&mut etcd, &format!("/journal/app/{r3:020}"))
+            .await
+            .unwrap()
+            .0,
+    )
+    .unwrap();
+    assert_eq!(record["changes"][0]["value"], "10");
+
+    // etcd compacts: its own history is gone, the journal's is not.
+    etcd.compact(r4, None).await.unwrap();
+    assert!(!ok(&ep, &["log", "/app"]).contains(&format!("revision {r1}")));
+    assert_eq!(
+        ok(&ep, &["log", "/app", "--journal", "/journal/app"]),
+        whole
+    );
+    let old = ok(
+        &ep,
+        &[
+            "log",
+            "/app",
+            "--journal",
+            "/journal/app",
+            "--since",
+            &r2.to_string(),
+            "--until",
+            &r3.to_string(),
+        ],
+    );
+    assert_eq!(
+        old,
+        format!("revision {r3}\n  ~ /app/a\n  - /app/b\nrevision {r2}\n  + /app/b\n")
+    );
+
+    // Changes made while no journal ran are replayed from etcd at start.
+    assert!(daemon.stop().success());
+    let r5 = put(&mut etcd, "/app/c", "1").await;
+    let r6 = put(&mut etcd, "/app/c", "2").await;
+    let daemon = journal(&ep, dir.path(), "second", &["--keep", "4"]);
+    assert_eq!(
+        journaled(&mut etcd).await,
+        [r3, r4, r5, r6],
+        "caught up, kept to 4"
+    );
+    let record: Value = serde_json::from_slice(
+        &get(&mut etcd, &format!("/journal/app/{r6:020}"))
+            .await
+            .unwrap()
+            .0,
+    )
+    .unwrap();
+    assert_eq!(record["changes"][0]["change"], "changed");
+
+    // ... unless etcd compacted them away: a record names the gap.
+    assert!(daemon.stop().success());
+    put(&mut etcd, "/app/d", "1").await;
+    let r8 = put(&mut etcd, "/elsewhere", "x").await;
+    etcd.compact(r8, None).await.unwrap();
+    let daemon = journal(&ep, dir.path(), "third", &["--keep", "4"]);
+    let record: Value = serde_json::from_slice(
+        &get(&mut etcd, &format!("/journal/app/{r8:020}"))
+            .await
+            .unwrap()
+            .0,
+    )
+    .unwrap();
+    assert_eq!(record["gap_since"], r6 + 1);
+    assert!(daemon.stop().success());
+
+    // Records older than --max-age go.
+    let daemon = journal(&ep, dir.path(), "fourth", &["--max-age", "1ms"]);
+    assert_eq!(journaled(&mut etcd).await, Vec::<i64>::new());
+    assert!(daemon.stop().success());
+}

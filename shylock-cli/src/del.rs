@@ -31,8 +31,11 @@ pub async fn run(connect: &ConnectArgs, args: DelArgs) -> Result<(), Error> {
     let keys: Vec<&str> = doomed.keys.keys().map(String::as_str).collect();
     let changes: Vec<Change<'_>> = keys.iter().map(|k| Change::Delete(k)).collect();
     guard.check(&changes)?;
+    // The key itself only if it was there: with --prefix, a role granted
+    // only `KEY/` may delete what it may read.
+    let own = !scope.key.is_empty() && (!scope.prefix || doomed.keys.contains_key(&scope.key));
     let mut ops = Vec::new();
-    if !scope.key.is_empty() {
+    if own {
         ops.push(etcd_client::TxnOp::delete(scope.key.as_bytes(), None));
     }
     if scope.prefix {
@@ -46,7 +49,7 @@ pub async fn run(connect: &ConnectArgs, args: DelArgs) -> Result<(), Error> {
     }
     // Only if what was checked is still what goes.
     let mut compares = Vec::new();
-    if !scope.key.is_empty() {
+    if own {
         compares.push(etcd_client::Compare::mod_revision(
             scope.key.as_bytes(),
             etcd_client::CompareOp::Less,

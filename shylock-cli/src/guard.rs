@@ -265,3 +265,36 @@ fn common_name(path: &std::path::Path) -> Option<String> {
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_owned)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_is_the_etcd_user_else_the_certificates_cn() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/O=ops/CN=deployer"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl makes the test's certificate");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let tls = shylock::TlsFiles::new().with_identity(&cert, &key);
+        let options = shylock::ConnectOptions::new(["http://127.0.0.1:1"]).with_tls(tls);
+        assert_eq!(identity(&options), "cert:deployer");
+        let options = options.with_user("alice", "pw");
+        assert_eq!(identity(&options), "etcd:alice");
+        assert!(identity(&shylock::ConnectOptions::new(["x:1"])).starts_with("local:"));
+    }
+}

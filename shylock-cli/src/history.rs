@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use etcd_client::{EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
 
 use crate::exit::{msg, Error};
 use crate::kv::Scope;
@@ -38,31 +38,27 @@ pub async fn read_at(
     scope: &Scope,
     revision: Option<i64>,
 ) -> Result<State, Error> {
-    let mut options = etcd_client::GetOptions::new().with_range(scope.range_end());
+    let mut options = GetOptions::new();
     if let Some(revision) = revision {
         options = options.with_revision(revision);
     }
-    let from = if scope.key.is_empty() {
-        "/"
-    } else {
-        &scope.key
-    }
-    .to_owned();
     let what = match revision {
         Some(r) => format!("read {} at revision {r}", scope.key),
         None => format!("read {}", scope.key),
     };
-    let response = match client
-        .request(&what, |mut etcd| {
-            let (from, options) = (from.clone(), options.clone());
-            async move { etcd.get(from, Some(options)).await }
-        })
-        .await
-    {
+    let (kvs, read) = match read_range(client, scope, &what, options).await {
         Ok(response) => response,
         Err(shylock::Error::Etcd { source, .. }) if compacted(&source) => {
             let revision = revision.unwrap_or_default();
-            let oldest = oldest_revision(client, &from).await;
+            let oldest = oldest_revision(
+                client,
+                if scope.key.is_empty() {
+                    "/"
+                } else {
+                    &scope.key
+                },
+            )
+            .await;
             return Err(msg(format!(
                 "revision {revision} of {} was compacted away: etcd keeps the history since \
                  its last compaction{}",
@@ -74,8 +70,7 @@ pub async fn read_at(
         }
         Err(error) => return Err(error.into()),
     };
-    let keys = response
-        .kvs()
+    let keys = kvs
         .iter()
         .filter(|kv| scope.covers(kv.key()))
         .filter_map(|kv| {
@@ -90,7 +85,7 @@ pub async fn read_at(
         .collect();
     Ok(State {
         keys,
-        revision: response.header().map_or(0, |h| h.revision()),
+        revision: read,
     })
 }
 
@@ -177,16 +172,74 @@ pub enum Replay {
     Compacted(i64),
 }
 
-/// etcd's current revision.
-pub async fn current_revision(client: &shylock::Client) -> Result<i64, Error> {
+/// etcd's current revision (read from the scope's keys, which a user of
+/// the prefix may read).
+pub async fn current_revision(client: &shylock::Client, scope: &Scope) -> Result<i64, Error> {
+    let (key, options) = if scope.prefix {
+        (scope.children(), GetOptions::new().with_prefix())
+    } else {
+        (scope.key.clone(), GetOptions::new())
+    };
+    let options = options.with_count_only();
     Ok(client
-        .request("read the current revision", |mut etcd| async move {
-            etcd.get("\0", Some(GetOptions::new().with_count_only()))
-                .await
+        .request("read the current revision", |mut etcd| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { etcd.get(key, Some(options)).await }
         })
         .await?
         .header()
         .map_or(0, |h| h.revision()))
+}
+
+/// The scope's key and the keys under `key/`, read with `options` in one
+/// transaction (one revision): two ranges, so that a role granted the
+/// prefix `key/` may read it; a role that may not read the key itself
+/// (only `key/...`) gets the keys under it.
+async fn read_range(
+    client: &shylock::Client,
+    scope: &Scope,
+    what: &str,
+    options: GetOptions,
+) -> Result<(Vec<etcd_client::KeyValue>, i64), shylock::Error> {
+    match read_ranges(client, scope, what, options.clone(), true).await {
+        Err(shylock::Error::Etcd {
+            source: etcd_client::Error::GRpcStatus(status),
+            ..
+        }) if status.code() as i32 == 7 && scope.prefix && !scope.key.is_empty() => {
+            read_ranges(client, scope, what, options, false).await
+        }
+        read => read,
+    }
+}
+
+async fn read_ranges(
+    client: &shylock::Client,
+    scope: &Scope,
+    what: &str,
+    options: GetOptions,
+    with_key: bool,
+) -> Result<(Vec<etcd_client::KeyValue>, i64), shylock::Error> {
+    let mut ops = Vec::new();
+    if with_key && !scope.key.is_empty() {
+        ops.push(TxnOp::get(scope.key.as_str(), Some(options.clone())));
+    }
+    if scope.prefix {
+        ops.push(TxnOp::get(scope.children(), Some(options.with_prefix())));
+    }
+    let txn = Txn::new().and_then(ops);
+    let response = client
+        .request(what, |mut etcd| {
+            let txn = txn.clone();
+            async move { etcd.txn(txn).await }
+        })
+        .await?;
+    let mut kvs = Vec::new();
+    for op in response.op_responses() {
+        if let TxnOpResponse::Get(get) = op {
+            kvs.extend(get.kvs().iter().cloned());
+        }
+    }
+    Ok((kvs, response.header().map_or(0, |h| h.revision())))
 }
 
 /// Every change under `scope` from `start` through `until`.

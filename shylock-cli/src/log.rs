@@ -52,8 +52,8 @@ pub async fn run(connect: &ConnectArgs, args: LogArgs) -> Result<(), Error> {
     let scope = Scope::new(&args.prefix, true)?;
     let client = shylock::Client::connect(connect.options()?).await?;
     let until = match args.until {
-        Some(until) => until.min(current_revision(&client).await?),
-        None => current_revision(&client).await?,
+        Some(until) => until.min(current_revision(&client, &scope).await?),
+        None => current_revision(&client, &scope).await?,
     };
     let since = args.since.unwrap_or(1);
     let mut start = since;

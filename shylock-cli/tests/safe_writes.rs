@@ -490,3 +490,74 @@ async fn a_journal_keeps_history_past_compaction_across_restarts_within_its_boun
     assert_eq!(journaled(&mut etcd).await, Vec::<i64>::new());
     assert!(daemon.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_etcd_auth_the_record_names_the_user_and_limited_roles_get_clear_answers() {
+    use etcd_client::Permission;
+    let server = EtcdServer::start();
+    let ep = server.endpoint();
+    let mut etcd = etcd(&ep).await;
+    etcd.user_add("root", "root-pw", None).await.unwrap();
+    etcd.user_grant_role("root", "root").await.unwrap();
+    etcd.role_add("app").await.unwrap();
+    etcd.role_grant_permission("app", Permission::read_write("/app/").with_prefix())
+        .await
+        .unwrap();
+    etcd.user_add("app", "app-pw", None).await.unwrap();
+    etcd.user_grant_role("app", "app").await.unwrap();
+    etcd.auth_enable().await.unwrap();
+    let as_root = ["--user", "root:root-pw"];
+    let as_app = ["--user", "app:app-pw"];
+    let with = |user: &[&str], args: &[&str]| -> Vec<String> {
+        user.iter().chain(args).map(|s| s.to_string()).collect()
+    };
+    let call = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&ep, &args)
+    };
+
+    let out = call(with(
+        &as_root,
+        &["put", "/app/a", "1", "--reason", "because"],
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = call(with(&as_root, &["log", "/app"]));
+    assert!(
+        text(&shown.stdout).contains("by etcd:root at ")
+            && text(&shown.stdout).contains("(put): because"),
+        "{}",
+        text(&shown.stdout)
+    );
+
+    // A role that may not read the schemas writes unchecked, warned.
+    let out = call(with(&as_app, &["put", "/app/b", "2"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("may not read the published schemas"));
+    // Nor write audit records: asked for one, it writes nothing.
+    let out = call(with(&as_app, &["put", "/app/c", "3", "--reason", "r"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    // It may diff and delete what it may read: the keys under /app/.
+    let out = call(with(&as_app, &["del", "--prefix", "/app"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "2\n");
+    // Nor replay every key for a log: the error says why.
+    let out = call(with(&as_app, &["log", "/app"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("needs read permission on all keys"),
+        "{}",
+        text(&out.stderr)
+    );
+    let mut root = etcd_client::Client::connect(
+        [ep.as_str()],
+        Some(etcd_client::ConnectOptions::new().with_user("root", "root-pw")),
+    )
+    .await
+    .unwrap();
+    assert!(get(&mut root, "/app/c").await.is_none());
+}

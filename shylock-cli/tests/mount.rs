@@ -623,3 +623,59 @@ async fn an_etcd_permission_error_is_eacces() {
     mount.stop();
     drop(file);
 }
+
+/// Listings carry attributes (READDIRPLUS): walking a tree needs no LOOKUP
+/// per file, and a read-only mount puts a listing's contents in the kernel's
+/// cache ahead of the reads, never a stale one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_walk_needs_no_lookup_per_file_and_cached_ahead_contents_follow_changes() {
+    let server = shared_server();
+    let ep = server.endpoint();
+    let p = unique_prefix("plus");
+    let mut etcd = etcd(&ep).await;
+    let value = |i: usize, round: &str| format!("{round} {}", "v".repeat(i));
+    for i in 0..50 {
+        put(&mut etcd, &format!("{p}/d/f{i:02}"), value(i, "first")).await;
+    }
+    let metrics = free_addr();
+    let mount = Mount::start(&ep, &p, &["--read-only", "--metrics-addr", &metrics]);
+    let walk = |round: &str| {
+        let dir = mount.file("d");
+        assert_eq!(ls(&mount.path), ["d"]);
+        let mut names = ls(&dir);
+        names.sort();
+        assert_eq!(names.len(), 50);
+        for (i, name) in names.iter().enumerate() {
+            let path = dir.join(name);
+            let want = value(i, round);
+            assert_eq!(
+                fs::metadata(&path).unwrap().len(),
+                want.len() as u64,
+                "{name}"
+            );
+            assert_eq!(fs::read_to_string(&path).unwrap(), want, "{name}");
+        }
+    };
+    walk("first");
+    let page = scrape(&metrics);
+    let count = |op: &str| {
+        sample(
+            &page,
+            &format!("shylock_fuse_requests_total{{op=\"{op}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(count("lookup"), 0.0, "{page}");
+    assert!(count("readdirplus") >= 2.0, "{page}");
+    assert!(count("read") <= 50.0, "{page}");
+
+    // Every value changes: what the kernel cached ahead is not served.
+    for i in 0..50 {
+        put(&mut etcd, &format!("{p}/d/f{i:02}"), value(i, "second")).await;
+    }
+    wait_until("the last change to show", || {
+        fs::read_to_string(mount.file("d/f49")).is_ok_and(|v| v == value(49, "second"))
+    });
+    walk("second");
+    mount.stop();
+}

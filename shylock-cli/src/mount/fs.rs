@@ -30,6 +30,8 @@ use crate::names;
 /// How long the kernel may cache entries and attributes: long, because every
 /// change seen by the watch invalidates them.
 const TTL: Duration = Duration::from_secs(3600);
+/// The largest file a listing puts in the kernel's cache before it is read.
+const PREFETCH_FILE: u64 = 128 * 1024;
 /// How long one etcd request from a handler may take before it is an EIO.
 const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -62,8 +64,9 @@ pub struct Settings {
     pub write: WriteArgs,
 }
 
-/// One entry of an open directory: inode, kind and name.
-type DirEntry = (u64, FileType, std::ffi::OsString);
+/// One entry of an open directory: inode, kind, name, and the node (none
+/// for `.` and `..`).
+type DirEntry = (u64, FileType, std::ffi::OsString, Option<Node>);
 
 /// A file opened for writing. What `stat` needs is readable without
 /// waiting for the file, which is locked while it is committed.
@@ -646,15 +649,15 @@ impl EtcdFs {
             None => 1,
         };
         let mut entries = vec![
-            (ino.0, FileType::Directory, ".".into()),
-            (parent, FileType::Directory, "..".into()),
+            (ino.0, FileType::Directory, ".".into(), None),
+            (parent, FileType::Directory, "..".into(), None),
         ];
         for entry in view.children(&prefix) {
             let kind = match entry.node {
                 Node::Dir(_) => FileType::Directory,
                 Node::File(_) => FileType::RegularFile,
             };
-            entries.push((view.ino(&entry.node), kind, entry.name));
+            entries.push((view.ino(&entry.node), kind, entry.name, Some(entry.node)));
         }
         drop(view);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -698,6 +701,11 @@ impl Filesystem for EtcdFs {
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
         // O_TRUNC arrives with the open instead of as a truncation of the
         // file for every writer and reader.
+        // Listings carry attributes (READDIRPLUS), always: every file is
+        // looked up right after by what lists a directory here.
+        if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS) {
+            tracing::warn!(?missing, "the kernel cannot list with attributes");
+        }
         if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC) {
             tracing::warn!(
                 ?missing,
@@ -984,13 +992,72 @@ impl Filesystem for EtcdFs {
         let Some(entries) = dirs.get(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+        for (i, (ino, kind, name, _)) in entries.iter().enumerate().skip(offset as usize) {
             // The offset of an entry is the cookie of the one after it.
             if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
                 break;
             }
         }
         reply.ok();
+    }
+
+    /// A listing with each entry's attributes, so that `ls -l` and `cp -r`
+    /// need no LOOKUP per file. Each entry given is a reference the kernel
+    /// takes, as a LOOKUP's.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
+        requested("readdirplus");
+        let entries = {
+            let dirs = lock(&self.dirs);
+            let Some(entries) = dirs.get(&fh.0) else {
+                return reply.error(Errno::EBADF);
+            };
+            entries[(offset as usize).min(entries.len())..].to_vec()
+        };
+        let dir_attr = match self.node(ino) {
+            Ok(node) => self.attr_of(ino.0, &node),
+            Err(e) => return reply.error(e),
+        };
+        let mut prefetch = Vec::new();
+        for (i, (_, _, name, node)) in entries.iter().enumerate() {
+            let cookie = offset + i as u64 + 1;
+            let Some(node) = node else {
+                // `.` and `..`: the kernel takes no reference to them.
+                if reply.add(
+                    INodeNo(dir_attr.ino.0),
+                    cookie,
+                    name,
+                    &TTL,
+                    &dir_attr,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            };
+            // The node's current inode (a value changed since opendir has
+            // a new one), referenced only if the entry fits.
+            let ino = self.write_view().ino(node);
+            let attr = self.attr_of(ino, node);
+            if reply.add(INodeNo(ino), cookie, name, &TTL, &attr, Generation(0)) {
+                break;
+            }
+            self.write_view().referenced(ino);
+            if self.owner.read_only && attr.size > 0 && attr.size <= PREFETCH_FILE {
+                if let Some(value) = self.read_view().version(ino) {
+                    prefetch.push((ino, value.bytes.clone()));
+                }
+            }
+        }
+        reply.ok();
+        // What lists a directory here reads its files next (`cp -r`).
+        self.invalidations.prefetch(prefetch);
     }
 
     fn ioctl(

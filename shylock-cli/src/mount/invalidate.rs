@@ -28,6 +28,18 @@ pub struct Handler {
 pub struct Invalidations(mpsc::Sender<Stale>);
 
 impl Invalidations {
+    /// Puts these inodes' contents in the kernel's page cache, so the first
+    /// read of each needs no READ (a listing's files, on a read-only
+    /// mount, where an inode's content never changes).
+    pub fn prefetch(&self, files: Vec<(u64, Arc<[u8]>)>) {
+        if !files.is_empty() {
+            let _ = self.0.send(Stale {
+                prefetch: files,
+                ..Stale::default()
+            });
+        }
+    }
+
     /// The kernel's cached pages and attributes of `ino` are wrong (a write
     /// through the mount that was not committed left its data there).
     pub fn inode(&self, ino: u64) {
@@ -38,11 +50,14 @@ impl Invalidations {
     }
 }
 
-/// What the kernel must forget.
+/// What the kernel must forget, and what it may cache ahead.
 #[derive(Default)]
 struct Stale {
     entries: Vec<(u64, OsString)>,
     inodes: Vec<u64>,
+    /// Inodes whose content the kernel may cache before it is read: an
+    /// inode's content never changes on a read-only mount.
+    prefetch: Vec<(u64, Arc<[u8]>)>,
 }
 
 impl Handler {
@@ -144,6 +159,12 @@ impl Stale {
     }
 
     fn send(self, notifier: &Notifier) {
+        for (ino, data) in self.prefetch {
+            // ENOENT: the kernel already forgot the inode; nothing to do.
+            if let Err(error) = notifier.store(INodeNo(ino), 0, &data) {
+                tracing::debug!(ino, %error, "store");
+            }
+        }
         for ino in self.inodes {
             if let Err(error) = notifier.inval_inode(INodeNo(ino), 0, 0) {
                 tracing::debug!(ino, %error, "inval_inode");

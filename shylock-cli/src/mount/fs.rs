@@ -974,6 +974,9 @@ impl Filesystem for EtcdFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         requested("opendir");
         match self.do_opendir(ino) {
+            // Listings are not cached by the kernel (no CACHE_DIR): one
+            // shows a change as soon as the watch saw it, where an
+            // invalidation would come just after.
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
@@ -1048,9 +1051,11 @@ impl Filesystem for EtcdFs {
             if reply.add(INodeNo(ino), cookie, name, &TTL, &attr, Generation(0)) {
                 break;
             }
-            self.write_view().referenced(ino);
-            if self.owner.read_only && attr.size > 0 && attr.size <= PREFETCH_FILE {
-                if let Some(value) = self.read_view().version(ino) {
+            let mut view = self.write_view();
+            view.referenced(ino);
+            let small = attr.size > 0 && attr.size <= PREFETCH_FILE;
+            if self.owner.read_only && small && view.to_store(ino) {
+                if let Some(value) = view.version(ino) {
                     prefetch.push((ino, value.bytes.clone()));
                 }
             }

@@ -11,7 +11,7 @@
 //! its inode. A write through the mount, or a rename, keeps the inode the
 //! writer used: the kernel's cache of it already holds what was written.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -75,6 +75,9 @@ pub struct View {
     frozen: HashMap<u64, Value>,
     /// The kernel's references to each inode (its lookup count).
     lookups: HashMap<u64, u64>,
+    /// Inodes whose content was put in the kernel's cache ahead of reads,
+    /// until the kernel forgets them.
+    stored: HashSet<u64>,
     next_ino: u64,
     started: Option<SystemTime>,
 }
@@ -220,9 +223,16 @@ impl View {
             return;
         }
         self.lookups.remove(&ino);
+        self.stored.remove(&ino);
         if self.frozen.remove(&ino).is_some() {
             self.nodes.remove(&ino);
         }
+    }
+
+    /// Whether `ino`'s content is still to be put in the kernel's cache
+    /// (true once per inode the kernel holds).
+    pub fn to_store(&mut self, ino: u64) -> bool {
+        self.stored.insert(ino)
     }
 
     /// The content of a file inode: its version, old or current.

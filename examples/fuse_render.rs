@@ -47,9 +47,17 @@ fn read_all(root: &Path) -> Duration {
 
 /// `cp -r root /dev/shm/...`: the time it took (the copy is removed).
 fn cp_r(root: &Path, name: &str) -> Duration {
-    let dest = PathBuf::from(format!("/dev/shm/shylock-bench-cp-{}-{name}", std::process::id()));
+    let dest = PathBuf::from(format!(
+        "/dev/shm/shylock-bench-cp-{}-{name}",
+        std::process::id()
+    ));
     let start = Instant::now();
-    let status = Command::new("cp").arg("-r").arg(root).arg(&dest).status().unwrap();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(root)
+        .arg(&dest)
+        .status()
+        .unwrap();
     let took = start.elapsed();
     assert!(status.success());
     let _ = std::fs::remove_dir_all(&dest);

@@ -39,6 +39,9 @@ mod watch;
 
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     notify::init();
     // confd's single-dash flags after `render` (`-onetime`, `-node x`).

@@ -126,11 +126,8 @@ fn register(env: &mut Environment<'static>, store: Shared) {
     env.add_function(
         "gets",
         move |pattern: String| -> Result<Vec<Value>, JinjaError> {
-            Ok(s.pairs(&pattern)
-                .map_err(fail)?
-                .into_iter()
-                .map(|(k, v)| kv(k, v))
-                .collect())
+            let pairs = s.pairs(&pattern).map_err(fail)?;
+            Ok(s.cache().jinja_pairs.all(pairs, kv))
         },
     );
     let s = store.clone();

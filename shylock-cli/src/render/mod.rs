@@ -11,6 +11,7 @@
 //! switch (`check`).
 
 mod apply;
+mod cache;
 mod check;
 mod confd;
 mod confd_config;

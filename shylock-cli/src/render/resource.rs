@@ -78,6 +78,8 @@ pub struct Resource {
     pub engine: Engine,
     /// Reading a key outside `scopes` is an error (a warning otherwise).
     pub strict: bool,
+    /// Values made for the template, kept across its renders.
+    pub cache: std::sync::Arc<super::cache::ValueCache>,
 }
 
 impl Resource {
@@ -259,6 +261,7 @@ pub fn parse(confdir: &Path, file: &Path, global: GlobalPrefix<'_>) -> Result<Re
         wait,
         engine,
         strict: fields.strict,
+        cache: Default::default(),
     })
 }
 

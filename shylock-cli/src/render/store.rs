@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
+use super::cache::ValueCache;
 use super::confd::{path_base, path_clean, path_dir};
 use super::resource::{covers, full_key};
 use crate::live_keys::Keys;
@@ -25,6 +26,8 @@ pub struct Store {
     /// The template's path, for messages.
     template: String,
     strict: bool,
+    /// Values made for the template, kept across its renders.
+    cache: Arc<ValueCache>,
 }
 
 /// The visible keys: usually read in place from the watch's copy (a
@@ -84,7 +87,18 @@ impl Store {
             allowed: allowed.to_vec(),
             template: template.to_owned(),
             strict,
+            cache: Arc::default(),
         }
+    }
+
+    /// Keeps the values made for the template in `cache`, across renders.
+    pub fn with_cache(mut self, cache: Arc<ValueCache>) -> Store {
+        self.cache = cache;
+        self
+    }
+
+    pub fn cache(&self) -> &ValueCache {
+        &self.cache
     }
 
     /// Every visible key by name, with its value, in name order.

@@ -85,13 +85,16 @@ pub fn render(resource: &Resource, keys: &Arc<Keys>, limits: Limits) -> Result<S
     let source = std::fs::read_to_string(&resource.template)
         .map_err(|e| msg(format!("cannot read template {path}: {e}")))?;
     let started = std::time::Instant::now();
-    let store = Arc::new(Store::new(
-        Arc::clone(keys),
-        &resource.prefix,
-        resource.watched(),
-        &path,
-        resource.strict,
-    ));
+    let store = Arc::new(
+        Store::new(
+            Arc::clone(keys),
+            &resource.prefix,
+            resource.watched(),
+            &path,
+            resource.strict,
+        )
+        .with_cache(Arc::clone(&resource.cache)),
+    );
     let (stored, store_len) = (started.elapsed(), store.len());
     if let Some(min) = resource.min_keys {
         let present = store.len();
@@ -112,6 +115,7 @@ pub fn render(resource: &Resource, keys: &Arc<Keys>, limits: Limits) -> Result<S
         Engine::Go => super::gotemplate::render(&name, &source, store, limits, &mut out),
         Engine::Jinja => super::jinja::render(&source, store, limits, &mut out),
     };
+    resource.cache.finish();
     rendered.map_err(|e| msg(format!("template {path}: {e}")))?;
     tracing::debug!(template = %path, keys = store_len, store = ?stored, engine = ?started.elapsed() - stored, "rendered");
     String::from_utf8(out.out)
@@ -177,6 +181,7 @@ mod tests {
             wait: None,
             engine,
             strict: false,
+            cache: Default::default(),
         }
     }
 

@@ -134,9 +134,7 @@ pub fn map(store: Shared) -> FuncMap {
             count("gets", args, 1, 1)?;
             let pattern = string("gets", &args[0])?;
             let pairs = s.pairs(&pattern).map_err(|e| calling("gets", e))?;
-            Ok(Value::List(
-                pairs.into_iter().map(|(k, v)| pair(k, v)).collect(),
-            ))
+            Ok(Value::List(s.cache().go_pairs.all(pairs, pair).into()))
         }),
     );
     let s = store.clone();

@@ -1054,7 +1054,7 @@ impl Filesystem for EtcdFs {
             let mut view = self.write_view();
             view.referenced(ino);
             let small = attr.size > 0 && attr.size <= PREFETCH_FILE;
-            if self.owner.read_only && small && view.to_store(ino) {
+            if self.owner.read_only && small && view.first_store(ino) {
                 if let Some(value) = view.version(ino) {
                     prefetch.push((ino, value.bytes.clone()));
                 }

@@ -231,7 +231,7 @@ impl View {
 
     /// Whether `ino`'s content is still to be put in the kernel's cache
     /// (true once per inode the kernel holds).
-    pub fn to_store(&mut self, ino: u64) -> bool {
+    pub fn first_store(&mut self, ino: u64) -> bool {
         self.stored.insert(ino)
     }
 

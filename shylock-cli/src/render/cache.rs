@@ -12,6 +12,11 @@ use std::sync::{Mutex, PoisonError};
 #[derive(Default)]
 pub struct ValueCache {
     pub go_pairs: Memo<gotmpl::Value>,
+    /// The output of each item of a cached `range` (gotemplate/ranges.rs),
+    /// by the template source's hash and the range's number.
+    go_ranges: Mutex<HashMap<(u64, usize), Ranged>>,
+    /// How many range bodies ran (item outputs not taken from the cache).
+    pub bodies_run: std::sync::atomic::AtomicUsize,
     pub jinja_pairs: Memo<minijinja::Value>,
 }
 
@@ -19,7 +24,38 @@ impl ValueCache {
     /// Ends a render: what it did not read goes.
     pub fn finish(&self) {
         self.go_pairs.finish();
+        let mut ranges = self
+            .go_ranges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // A range this render did not run (its template changed) goes.
+        ranges.retain(|_, ranged| std::mem::take(&mut ranged.used));
+        for ranged in ranges.values() {
+            ranged.memo.finish();
+        }
         self.jinja_pairs.finish();
+    }
+}
+
+/// One cached range's outputs.
+struct Ranged {
+    memo: std::sync::Arc<Memo<std::sync::Arc<str>>>,
+    used: bool,
+}
+
+impl ValueCache {
+    /// The outputs of range `n` of the template whose source hashes to `source`.
+    pub fn go_range(&self, source: u64, n: usize) -> std::sync::Arc<Memo<std::sync::Arc<str>>> {
+        let mut ranges = self
+            .go_ranges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let ranged = ranges.entry((source, n)).or_insert_with(|| Ranged {
+            memo: std::sync::Arc::default(),
+            used: false,
+        });
+        ranged.used = true;
+        std::sync::Arc::clone(&ranged.memo)
     }
 }
 
@@ -33,7 +69,7 @@ impl std::fmt::Debug for ValueCache {
 pub struct Memo<V>(Mutex<Entries<V>>);
 
 struct Entries<V> {
-    by_key: HashMap<Box<str>, Made<V>>,
+    by_key: HashMap<Box<str>, Made<V>, foldhash::fast::RandomState>,
     /// The current render's number, and how many keys it read.
     render: u64,
     read: usize,
@@ -48,7 +84,7 @@ struct Made<V> {
 impl<V> Default for Memo<V> {
     fn default() -> Self {
         Memo(Mutex::new(Entries {
-            by_key: HashMap::new(),
+            by_key: HashMap::default(),
             render: 0,
             read: 0,
         }))
@@ -63,41 +99,49 @@ impl<V: Clone> Memo<V> {
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
         make: impl Fn(&str, &str) -> V,
     ) -> Vec<V> {
+        let pairs: Vec<(&str, &str)> = pairs.into_iter().collect();
+        let made: Result<Vec<V>, std::convert::Infallible> =
+            self.try_all(pairs.iter().copied(), |i| Ok(make(pairs[i].0, pairs[i].1)));
+        made.unwrap_or_else(|never| match never {})
+    }
+
+    /// Like [`all`](Self::all), with `make` given the pair's index and
+    /// allowed to fail (then nothing new is kept).
+    pub fn try_all<'a, E>(
+        &self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        mut make: impl FnMut(usize) -> Result<V, E>,
+    ) -> Result<Vec<V>, E> {
         let mut entries = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let render = entries.render;
         let mut read = 0;
-        let out = pairs
-            .into_iter()
-            .map(|(key, value)| {
-                let fresh = match entries.by_key.get_mut(key) {
-                    Some(made) if &*made.value == value => {
-                        read += usize::from(made.render != render);
-                        made.render = render;
-                        return made.made.clone();
-                    }
-                    Some(made) => {
-                        read += usize::from(made.render != render);
-                        made.value = value.into();
-                        made.made = make(key, value);
-                        made.render = render;
-                        return made.made.clone();
-                    }
-                    None => make(key, value),
-                };
-                read += 1;
-                entries.by_key.insert(
-                    key.into(),
-                    Made {
-                        value: value.into(),
-                        made: fresh.clone(),
-                        render,
-                    },
-                );
-                fresh
-            })
-            .collect();
+        let mut out = Vec::new();
+        for (i, (key, value)) in pairs.into_iter().enumerate() {
+            if let Some(made) = entries.by_key.get_mut(key) {
+                read += usize::from(made.render != render);
+                made.render = render;
+                if &*made.value != value {
+                    let fresh = make(i)?;
+                    made.value = value.into();
+                    made.made = fresh;
+                }
+                out.push(made.made.clone());
+                continue;
+            }
+            let fresh = make(i)?;
+            read += 1;
+            entries.by_key.insert(
+                key.into(),
+                Made {
+                    value: value.into(),
+                    made: fresh.clone(),
+                    render,
+                },
+            );
+            out.push(fresh);
+        }
         entries.read += read;
-        out
+        Ok(out)
     }
 
     fn finish(&self) {

@@ -136,6 +136,11 @@ impl Bounded {
         }
     }
 
+    /// Starts over, empty.
+    pub fn clear(&mut self) {
+        self.out.clear();
+    }
+
     /// The output, as text (bytes that are not UTF-8 replaced).
     #[cfg(test)]
     pub fn into_string(self) -> String {

@@ -13,6 +13,8 @@ pub mod dns;
 pub use shylock::testing::{shared_server, unique_prefix, EtcdOptions, EtcdServer};
 
 pub const DEADLINE: Duration = Duration::from_secs(10);
+/// How long a mount may take to serve.
+pub const MOUNT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The binary under test.
 pub fn shylock() -> Command {
@@ -134,7 +136,10 @@ impl Mount {
                 }
             }
         });
-        let deadline = Instant::now() + DEADLINE;
+        // Mounting reads the whole prefix first (100,000 keys in one test),
+        // in a debug build on a loaded machine: a longer deadline than a
+        // change's.
+        let deadline = Instant::now() + MOUNT_DEADLINE;
         while mounted.try_recv().is_err() {
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
@@ -143,7 +148,10 @@ impl Mount {
                     log.lock().unwrap()
                 );
             }
-            assert!(Instant::now() < deadline, "not mounted after {DEADLINE:?}");
+            assert!(
+                Instant::now() < deadline,
+                "not mounted after {MOUNT_DEADLINE:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         Mount {

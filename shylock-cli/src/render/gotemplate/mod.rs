@@ -10,14 +10,18 @@
 //! errors while executing name the function and the key.
 
 mod funcs;
+mod ranges;
 
 use gotmpl::parse::{Expr, ListNode, Node, PipeNode, Pos};
+use std::sync::{Arc, OnceLock, Weak};
+
 use gotmpl::{Template, Value};
 
 use super::store::Shared;
 use super::template::{Bounded, Limits};
 
-/// Renders a Go template into `out`.
+/// Renders a Go template into `out`: with its cacheable ranges rewritten
+/// (ranges.rs), and as written if that fails, so errors read as Go's.
 pub fn render(
     name: &str,
     source: &str,
@@ -25,7 +29,19 @@ pub fn render(
     limits: Limits,
     out: &mut Bounded,
 ) -> Result<(), String> {
-    let template = parse(name, source, store, limits)?;
+    let slot: Arc<OnceLock<Template>> = Arc::default();
+    let template = parse_with(name, source, store, limits, Arc::downgrade(&slot))?;
+    if let Some(cached) = ranges::rewrite(&template, name) {
+        let _ = slot.set(cached);
+        if let Some(cached) = slot.get() {
+            // The rewritten tree is the template's definition under its
+            // name (`execute` would run the tree as parsed).
+            if cached.execute_template(out, name, &Value::Nil).is_ok() {
+                return Ok(());
+            }
+            out.clear();
+        }
+    }
     template
         .execute(out, &Value::Nil)
         .map_err(|e| format!("executing {name:?}: {e}"))
@@ -35,12 +51,33 @@ pub fn render(
 /// As in Go, a call of a function that does not exist is a parse error,
 /// even in a branch that never runs.
 pub fn parse(name: &str, source: &str, store: Shared, limits: Limits) -> Result<Template, String> {
-    let funcs = funcs::map(store);
+    parse_with(name, source, store, limits, Weak::new())
+}
+
+fn parse_with(
+    name: &str,
+    source: &str,
+    store: Shared,
+    limits: Limits,
+    slot: Weak<OnceLock<Template>>,
+) -> Result<Template, String> {
+    let mut funcs = funcs::map(store.clone());
     let known = |f: &str| funcs.contains_key(f) || BUILTINS.contains(&f);
     let mut unknown = None;
+    let hash = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        source.hash(&mut hasher);
+        hasher.finish()
+    };
+    let mut all = funcs.clone();
+    all.insert(
+        ranges::FUNCTION.to_owned(),
+        Arc::new(ranges::function(slot, store, hash, limits.output_bytes)),
+    );
     let template = Template::new(name)
         .max_range_iters(limits.steps)
-        .funcs(funcs.clone())
+        .funcs(all)
         .parse(&methods_as_functions(source))
         .map_err(|e| e.to_string())?;
     for defined in template.templates() {
@@ -52,6 +89,7 @@ pub fn parse(name: &str, source: &str, store: Shared, limits: Limits) -> Result<
             });
         }
     }
+    funcs.clear();
     match unknown {
         // Go's words: `template: t.tmpl:2: function "nope" not defined`.
         Some((function, line)) => Err(format!(

@@ -292,37 +292,39 @@ async fn every_write_path_leaves_an_audit_record_in_its_own_transaction() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn log_shows_puts_deletes_and_transactions_newest_first_and_names_a_compaction() {
-    let server = EtcdServer::start();
-    let ep = server.endpoint();
-    let mut etcd = etcd(&ep).await;
-    let r1 = put(&mut etcd, "/app/a", "1").await;
-    put(&mut etcd, "/app-other/x", "not mine").await;
-    let r2 = put(&mut etcd, "/app/b", "2").await;
-    put(&mut etcd, "/apple", "not mine either").await;
+/// Puts, a transaction and a delete under /app, with writes beside it
+/// (`/app-other`, `/apple`, `/elsewhere`); the revisions of the four
+/// that change /app.
+async fn app_history(etcd: &mut etcd_client::Client) -> [i64; 4] {
+    let r1 = put(etcd, "/app/a", "1").await;
+    put(etcd, "/app-other/x", "not mine").await;
+    let r2 = put(etcd, "/app/b", "2").await;
+    put(etcd, "/apple", "not mine either").await;
     let txn = etcd_client::Txn::new().and_then([
         etcd_client::TxnOp::put("/app/a", "10", None),
         etcd_client::TxnOp::delete("/app/b", None),
         etcd_client::TxnOp::put("/elsewhere", "x", None),
     ]);
     let r3 = etcd.txn(txn).await.unwrap().header().unwrap().revision();
-    let r4 = etcd
-        .delete("/app/a", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let deleted = etcd.delete("/app/a", None).await.unwrap();
+    [r1, r2, r3, deleted.header().unwrap().revision()]
+}
 
-    let shown = ok(&ep, &["log", "/app"]);
-    assert_eq!(
-        shown,
-        format!(
-            "revision {r4}\n  - /app/a\nrevision {r3}\n  ~ /app/a\n  - /app/b\n\
-             revision {r2}\n  + /app/b\nrevision {r1}\n  + /app/a\n"
-        )
-    );
+/// What `shylock log /app` shows for `app_history`.
+fn app_log([r1, r2, r3, r4]: [i64; 4]) -> String {
+    format!(
+        "revision {r4}\n  - /app/a\nrevision {r3}\n  ~ /app/a\n  - /app/b\n\
+         revision {r2}\n  + /app/b\nrevision {r1}\n  + /app/a\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_shows_puts_deletes_and_transactions_newest_first_and_names_a_compaction() {
+    let server = EtcdServer::start();
+    let ep = server.endpoint();
+    let mut etcd = etcd(&ep).await;
+    let [r1, r2, r3, r4] = app_history(&mut etcd).await;
+    assert_eq!(ok(&ep, &["log", "/app"]), app_log([r1, r2, r3, r4]));
     let window = log_json(
         &ep,
         &[
@@ -388,25 +390,8 @@ async fn a_journal_keeps_history_past_compaction_across_restarts_within_its_boun
     let dir = tempfile::tempdir().unwrap();
     let mut etcd = etcd(&ep).await;
     let daemon = journal(&ep, dir.path(), "first", &[]);
-    let r1 = put(&mut etcd, "/app/a", "1").await;
-    put(&mut etcd, "/app-other/x", "not mine").await;
-    let r2 = put(&mut etcd, "/app/b", "2").await;
-    let txn = etcd_client::Txn::new().and_then([
-        etcd_client::TxnOp::put("/app/a", "10", None),
-        etcd_client::TxnOp::delete("/app/b", None),
-    ]);
-    let r3 = etcd.txn(txn).await.unwrap().header().unwrap().revision();
-    let r4 = etcd
-        .delete("/app/a", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    let whole = format!(
-        "revision {r4}\n  - /app/a\nrevision {r3}\n  ~ /app/a\n  - /app/b\n\
-         revision {r2}\n  + /app/b\nrevision {r1}\n  + /app/a\n"
-    );
+    let [r1, r2, r3, r4] = app_history(&mut etcd).await;
+    let whole = app_log([r1, r2, r3, r4]);
     let mut seen = Vec::new();
     for _ in 0..1000 {
         seen = journaled(&mut etcd).await;

@@ -129,7 +129,7 @@ async fn killing_the_member_in_use_moves_to_another() {
     let index = endpoints
         .iter()
         .position(|e| *e == in_use)
-        .expect("member is one of the endpoints");
+        .unwrap_or_else(|| panic!("member {in_use} is not one of the endpoints {endpoints:?}"));
 
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();

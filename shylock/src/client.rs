@@ -460,7 +460,7 @@ impl Client {
 /// A request that failed before it was sent: no connection could be made
 /// to the member the balancer chose (refused, unroutable, TLS handshake
 /// failed). Repeating it cannot apply it twice.
-fn never_sent(error: &etcd_client::Error) -> bool {
+pub(crate) fn never_sent(error: &etcd_client::Error) -> bool {
     match error {
         etcd_client::Error::TransportError(_) => true,
         // tonic reports a failed connect as UNAVAILABLE "tcp connect error"

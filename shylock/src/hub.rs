@@ -342,7 +342,7 @@ impl Hub {
             progress_ignored: false,
             progress_asked: false,
         };
-        let members = self.members().await;
+        let mut members = self.members(self.stall_timeout).await;
         // A zero period would make the interval panic.
         let period = (self.stall_timeout / 3).max(Duration::from_millis(1));
         let mut tick = tokio::time::interval_at(Instant::now() + period, period);
@@ -370,6 +370,14 @@ impl Hub {
                         if from.is_some() && from != member {
                             member = from;
                             let id = from.unwrap_or_default();
+                            // A member the list read at the stream's start
+                            // did not name (that read failed, or the member
+                            // is new): read the list again.
+                            if !members.contains_key(&id) {
+                                // Briefly: the changes wait meanwhile.
+                                let limit = self.stall_timeout.min(Duration::from_secs(1));
+                                members = self.members(limit).await;
+                            }
                             let name = members.get(&id).cloned().unwrap_or_else(|| format!("member {id:x}"));
                             for watch in self.watches.values_mut() {
                                 watch.sink.connection(Connection::Up(name.clone()));
@@ -471,8 +479,24 @@ impl Hub {
     }
 
     /// Member ids and client URLs, to name the member serving the stream.
-    async fn members(&mut self) -> HashMap<u64, String> {
-        let list = tokio::time::timeout(self.stall_timeout, self.etcd.member_list()).await;
+    /// A list the balancer sent to a member it could not connect to was
+    /// never sent: it is asked again (a failure after that leaves the
+    /// members unnamed, shown by id).
+    async fn members(&mut self, limit: Duration) -> HashMap<u64, String> {
+        let etcd = &mut self.etcd;
+        let list = tokio::time::timeout(limit, async {
+            let mut delay = Duration::from_millis(5);
+            loop {
+                match etcd.member_list().await {
+                    Err(error) if crate::client::never_sent(&error) => {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_millis(200));
+                    }
+                    other => return other,
+                }
+            }
+        })
+        .await;
         let Ok(Ok(list)) = list else {
             return Default::default();
         };

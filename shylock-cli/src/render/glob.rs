@@ -18,6 +18,18 @@ impl std::fmt::Display for BadPattern {
 
 /// Whether `name` matches `pattern` entirely.
 pub fn matches(pattern: &str, name: &str) -> Result<bool, BadPattern> {
+    // The patterns templates mostly use, `/literal/*` and `/literal`,
+    // without the general matcher's copies.
+    let meta = |c: char| matches!(c, '*' | '?' | '[' | '\\');
+    match pattern.strip_suffix('*') {
+        Some(literal) if !literal.contains(meta) => {
+            return Ok(name
+                .strip_prefix(literal)
+                .is_some_and(|rest| !rest.contains('/')));
+        }
+        _ if !pattern.contains(meta) => return Ok(name == pattern),
+        _ => {}
+    }
     let pattern: Vec<char> = pattern.chars().collect();
     let name: Vec<char> = name.chars().collect();
     let mut name: &[char] = &name;

@@ -95,7 +95,9 @@ pub fn render(resource: &Resource, keys: &Arc<Keys>, limits: Limits) -> Result<S
         )
         .with_cache(Arc::clone(&resource.cache)),
     );
-    let (stored, store_len) = (started.elapsed(), store.len());
+    let stored = started.elapsed();
+    // Counting the keys walks them all: only for min_keys and the debug log.
+    let store_len = tracing::enabled!(tracing::Level::DEBUG).then(|| store.len());
     if let Some(min) = resource.min_keys {
         let present = store.len();
         if present < min {
@@ -117,7 +119,7 @@ pub fn render(resource: &Resource, keys: &Arc<Keys>, limits: Limits) -> Result<S
     };
     resource.cache.finish();
     rendered.map_err(|e| msg(format!("template {path}: {e}")))?;
-    tracing::debug!(template = %path, keys = store_len, store = ?stored, engine = ?started.elapsed() - stored, "rendered");
+    tracing::debug!(template = %path, keys = store_len.unwrap_or_default(), store = ?stored, engine = ?started.elapsed() - stored, "rendered");
     String::from_utf8(out.out)
         .map_err(|e| msg(format!("template {path}: the output is not UTF-8: {e}")))
 }

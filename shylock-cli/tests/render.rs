@@ -418,3 +418,80 @@ async fn a_real_nginx_is_checked_and_reloaded() {
     });
     stop(child);
 }
+
+/// Loops over keys keep each item's output between renders
+/// (gotemplate/ranges.rs, jinja/ranges.rs): through the daemon, every put,
+/// change, delete and transaction still shows in both engines' files
+/// exactly as the templates say.
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_loops_follow_every_change_in_both_engines() {
+    use etcd_client::{Txn, TxnOp};
+    let server = shared_server();
+    let ep = server.endpoint();
+    let p = unique_prefix("r-loops");
+    let mut etcd = etcd(&ep).await;
+    let mut model = std::collections::BTreeMap::new();
+    for (k, v) in [("a", "1"), ("b", "2"), ("c", "3")] {
+        put(&mut etcd, &format!("{p}/s/{k}"), v).await;
+        model.insert(k.to_owned(), v.to_owned());
+    }
+    put(&mut etcd, &format!("{p}/t"), "T").await;
+    let c = Confdir::new();
+    c.template(
+        "t.tmpl",
+        "{{range gets \"/s/*\"}}{{base .Key}}={{.Value | toUpper}}\n{{end}}{{range getvs \"/s/*\"}}[{{.}}]{{end}}\n",
+    );
+    c.template(
+        "t.j2",
+        "{% for kv in gets('/s/*') %}{{ base(kv.Key) }}={{ kv.Value | upper }}\n{% endfor %}{% for v in getvs('/s/*') -%} [{{ v }}] {%- endfor %}\n",
+    );
+    for (name, src) in [("go", "t.tmpl"), ("jinja", "t.j2")] {
+        c.resource(
+            name,
+            &format!(
+                "[template]\nsrc = \"{src}\"\ndest = \"{}\"\nprefix = \"{p}\"\nkeys = [\"/s\"]\n",
+                c.path(&format!("{name}.out")).display()
+            ),
+        );
+    }
+    let expected = |model: &std::collections::BTreeMap<String, String>| {
+        let mut out: String = model
+            .iter()
+            .map(|(k, v)| format!("{k}={}\n", v.to_uppercase()))
+            .collect();
+        let mut values: Vec<&String> = model.values().collect();
+        values.sort();
+        out.extend(values.iter().map(|v| format!("[{v}]")));
+        out.push('\n');
+        out
+    };
+    let child = c.spawn(&ep, &[]);
+    let settle = |what: &str, model: &std::collections::BTreeMap<String, String>| {
+        let want = expected(model);
+        wait_until(what, || {
+            text(&c.path("go.out")) == want && text(&c.path("jinja.out")) == want
+        });
+    };
+    settle("the first render", &model);
+    put(&mut etcd, &format!("{p}/s/b"), "x").await;
+    model.insert("b".into(), "x".into());
+    settle("a changed value", &model);
+    etcd.delete(format!("{p}/s/a"), None).await.unwrap();
+    model.remove("a");
+    settle("a deleted key", &model);
+    put(&mut etcd, &format!("{p}/s/aa"), "0").await;
+    model.insert("aa".into(), "0".into());
+    settle("a new key", &model);
+    etcd.txn(Txn::new().and_then(vec![
+        TxnOp::put(format!("{p}/s/c"), "x", None),
+        TxnOp::put(format!("{p}/s/d"), "4", None),
+        TxnOp::delete(format!("{p}/s/aa"), None),
+    ]))
+    .await
+    .unwrap();
+    model.insert("c".into(), "x".into());
+    model.insert("d".into(), "4".into());
+    model.remove("aa");
+    settle("a transaction", &model);
+    stop(child);
+}

@@ -3,20 +3,23 @@
 //! once per render (a template over 10,000 keys made some 60,000
 //! allocations per render for them, a third of its time). Entries of keys
 //! a render no longer reads are dropped. (`getvs`'s strings cost no more
-//! to make than to look up.)
+//! to make than to look up.) And the output of each item of a cached loop
+//! (gotemplate/ranges.rs, jinja/ranges.rs), so a render runs a loop's body
+//! only for the items that changed.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// One resource's values, per engine and function.
 #[derive(Default)]
 pub struct ValueCache {
     pub go_pairs: Memo<gotmpl::Value>,
-    /// The output of each item of a cached `range` (gotemplate/ranges.rs),
-    /// by the template source's hash and the range's number.
-    go_ranges: Mutex<HashMap<(u64, usize), Ranged>>,
-    /// How many range bodies ran (item outputs not taken from the cache).
-    pub bodies_run: std::sync::atomic::AtomicUsize,
+    /// The output of each item of a cached loop (gotemplate/ranges.rs,
+    /// jinja/ranges.rs), by the template source's hash and the loop's number.
+    ranges: Mutex<HashMap<(u64, usize), Ranged>>,
+    /// How many loop bodies ran (item outputs not taken from the cache).
+    pub bodies_run: AtomicUsize,
     pub jinja_pairs: Memo<minijinja::Value>,
 }
 
@@ -24,39 +27,74 @@ impl ValueCache {
     /// Ends a render: what it did not read goes.
     pub fn finish(&self) {
         self.go_pairs.finish();
-        let mut ranges = self
-            .go_ranges
+        // A loop this render did not run (its template changed) goes.
+        self.ranges
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // A range this render did not run (its template changed) goes.
-        ranges.retain(|_, ranged| std::mem::take(&mut ranged.used));
-        for ranged in ranges.values() {
-            ranged.memo.finish();
-        }
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, ranged| std::mem::take(&mut ranged.used));
         self.jinja_pairs.finish();
+    }
+
+    /// The output of cached loop `n` of the template whose source hashes
+    /// to `source`, over `items` (key and value, in the loop's order): an
+    /// item's output is the last render's when that render had the same
+    /// key with the same value, else `run(i)`. The walk is a merge of two
+    /// sorted lists, not a lookup per item; an order that is not sorted
+    /// only costs reuse. Past `limit` bytes it stops with `over()`, so the
+    /// cache never holds more than a render may write.
+    pub fn loop_output<E>(
+        &self,
+        (source, n): (u64, usize),
+        items: &[(&str, &str)],
+        limit: usize,
+        over: impl Fn() -> E,
+        mut run: impl FnMut(usize) -> Result<String, E>,
+    ) -> Result<String, E> {
+        let mut ranges = self.ranges.lock().unwrap_or_else(PoisonError::into_inner);
+        let ranged = ranges.entry((source, n)).or_default();
+        ranged.used = true;
+        let mut last = std::mem::take(&mut ranged.items).into_iter().peekable();
+        let mut fresh = Vec::with_capacity(items.len());
+        let mut total = 0usize;
+        for (i, &(key, value)) in items.iter().enumerate() {
+            while last.next_if(|item| &*item.key < key).is_some() {}
+            let item = match last.next_if(|item| &*item.key == key && &*item.value == value) {
+                Some(same) => same,
+                None => {
+                    self.bodies_run.fetch_add(1, Ordering::Relaxed);
+                    Item {
+                        key: key.into(),
+                        value: value.into(),
+                        output: run(i)?.into(),
+                    }
+                }
+            };
+            total += item.output.len();
+            if total > limit {
+                return Err(over());
+            }
+            fresh.push(item);
+        }
+        let mut out = String::with_capacity(total);
+        for item in &fresh {
+            out.push_str(&item.output);
+        }
+        ranged.items = fresh;
+        Ok(out)
     }
 }
 
-/// One cached range's outputs.
+/// One cached loop's items, as its last render made them.
+#[derive(Default)]
 struct Ranged {
-    memo: std::sync::Arc<Memo<std::sync::Arc<str>>>,
+    items: Vec<Item>,
     used: bool,
 }
 
-impl ValueCache {
-    /// The outputs of range `n` of the template whose source hashes to `source`.
-    pub fn go_range(&self, source: u64, n: usize) -> std::sync::Arc<Memo<std::sync::Arc<str>>> {
-        let mut ranges = self
-            .go_ranges
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let ranged = ranges.entry((source, n)).or_insert_with(|| Ranged {
-            memo: std::sync::Arc::default(),
-            used: false,
-        });
-        ranged.used = true;
-        std::sync::Arc::clone(&ranged.memo)
-    }
+struct Item {
+    key: Box<str>,
+    value: Box<str>,
+    output: Box<str>,
 }
 
 impl std::fmt::Debug for ValueCache {

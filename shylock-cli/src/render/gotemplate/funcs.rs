@@ -71,7 +71,7 @@ fn record(entries: impl IntoIterator<Item = (&'static str, Value)>) -> Value {
 }
 
 /// confd's `memkv.KVPair`.
-fn pair(key: &str, value: &str) -> Value {
+pub(super) fn pair(key: &str, value: &str) -> Value {
     record([
         ("Key", Value::String(key.into())),
         ("Value", Value::String(value.into())),

@@ -7,11 +7,12 @@
 //! 10,000-key loop runs the body once instead of 10,000 times.
 //!
 //! The body becomes a template of its own (`__shylock_range_N`), run with
-//! the item as dot, exactly as the range ran it. Any error falls back to
-//! rendering the template as written, so errors read as Go's.
+//! the item as dot, exactly as the range ran it. The call reads the keys
+//! straight from the store: an item whose output is cached is never made
+//! into a template value. Any error falls back to rendering the template
+//! as written, so errors read as Go's.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{OnceLock, Weak};
 
 use gotmpl::parse::{ActionNode, CommandNode, Expr, ListNode, Node, Number, PipeNode};
 use gotmpl::{Template, TemplateError, Value};
@@ -106,10 +107,17 @@ fn rewrite_list(list: &ListNode, bodies: &mut Vec<ListNode>) -> ListNode {
                         decl: Vec::new(),
                         commands: vec![CommandNode {
                             pos,
+                            // What it loops over, by name: the function
+                            // reads the keys from the store, and makes an
+                            // item's value only when its body runs.
                             args: vec![
                                 Expr::Identifier(pos, FUNCTION.into()),
                                 Expr::Number(pos, Number::Int(n as i64)),
-                                Expr::Pipe(pos, range.pipe.clone()),
+                                match &range.pipe.commands[0].args[0] {
+                                    Expr::Identifier(_, f) => Expr::String(pos, f.as_str().into()),
+                                    other => other.clone(),
+                                },
+                                range.pipe.commands[0].args[1].clone(),
                             ],
                         }],
                         is_assign: false,
@@ -190,7 +198,9 @@ pub fn function(
 ) -> impl Fn(&[Value]) -> Result<Value, TemplateError> + Send + Sync + 'static {
     let fail = |text: &str| TemplateError::Exec(format!("{FUNCTION}: {text}"));
     move |args: &[Value]| {
-        let (Some(Value::Int(n)), Some(Value::List(items))) = (args.first(), args.get(1)) else {
+        let (Some(Value::Int(n)), Some(Value::String(function)), Some(Value::String(pattern))) =
+            (args.first(), args.get(1), args.get(2))
+        else {
             return Err(fail("bad arguments"));
         };
         let slot = slot.upgrade().ok_or_else(|| fail("the template is gone"))?;
@@ -198,44 +208,32 @@ pub fn function(
             .get()
             .ok_or_else(|| fail("the template is not built"))?;
         let body = body_name(*n as usize);
-        // An item is known by its key and value (a `getvs` item by its
-        // value), within the range's own memo.
-        let identities = items.iter().map(|item| match item {
-            Value::Map(map) => (text(map.get("Key")), text(map.get("Value"))),
-            Value::String(s) => (s.as_ref(), s.as_ref()),
-            _ => ("", ""),
-        });
-        // Past the render's output limit, stop: the render as written then
-        // reports the limit (and the cache never holds more than it).
-        let mut total = 0usize;
-        let outputs = store
-            .cache()
-            .go_range(source, *n as usize)
-            .try_all(identities, |i| {
-                store.cache().bodies_run.fetch_add(1, Ordering::Relaxed);
-                let text = template.execute_template_to_string(&body, &items[i])?;
-                total += text.len();
-                if total > limit {
-                    return Err(fail("over the output limit"));
-                }
-                Ok(Arc::<str>::from(text))
-            })?;
-        if outputs.iter().map(|o| o.len()).sum::<usize>() > limit {
-            return Err(fail("over the output limit"));
-        }
-        let mut out = String::with_capacity(outputs.iter().map(|o| o.len()).sum());
-        for output in &outputs {
-            out.push_str(output);
-        }
+        // An item is known by its key and value (a `getvs` item by its value).
+        let pairs = &**function == "gets";
+        let items: Vec<(&str, &str)> = match pairs {
+            true => store.pairs(pattern).map_err(|e| fail(&e))?,
+            false => store
+                .values(pattern)
+                .map_err(|e| fail(&e))?
+                .into_iter()
+                .map(|v| (v, v))
+                .collect(),
+        };
+        let out = store.cache().loop_output(
+            (source, *n as usize),
+            &items,
+            limit,
+            || fail("over the output limit"),
+            |i| {
+                let (key, value) = items[i];
+                let item = match pairs {
+                    true => super::funcs::pair(key, value),
+                    false => Value::String(value.into()),
+                };
+                template.execute_template_to_string(&body, &item)
+            },
+        )?;
         Ok(Value::String(out.into()))
-    }
-}
-
-/// A string value's text; empty for anything else.
-fn text(value: Option<&Value>) -> &str {
-    match value {
-        Some(Value::String(s)) => s,
-        _ => "",
     }
 }
 

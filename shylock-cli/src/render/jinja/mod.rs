@@ -1,12 +1,16 @@
 //! The Jinja engine (minijinja), chosen with `engine = "jinja"` or a
 //! `.j2`/`.jinja` template: confd's functions under confd's names, over the
 //! same store as Go templates. A missing key without a default is an error,
-//! and so is an undefined variable: no silent empty output.
+//! and so is an undefined variable: no silent empty output. A loop over
+//! keys whose body reads only its item keeps each item's output from the
+//! last render (ranges.rs).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use minijinja::{Environment, Error as JinjaError, ErrorKind, UndefinedBehavior, Value};
+
+mod ranges;
 
 use super::confd;
 use super::store::{Shared, Store};
@@ -56,13 +60,47 @@ fn json_value(value: &serde_json::Value) -> Value {
     }
 }
 
-/// Renders `source` into `out`.
+/// Renders `source` into `out`: with its cacheable loops rewritten
+/// (ranges.rs), and as written if that fails, so errors read as they
+/// always did.
 pub fn render(
     source: &str,
     store: Shared,
     limits: Limits,
     out: &mut Bounded,
 ) -> Result<(), String> {
+    if let Some(rewritten) = ranges::rewrite(source) {
+        let hash = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            source.hash(&mut hasher);
+            hasher.finish()
+        };
+        let mut env = environment(store.clone(), limits);
+        let loops = rewritten
+            .loops
+            .iter()
+            .map(|l| (l.pairs, l.pattern.clone()))
+            .collect();
+        env.add_function(
+            ranges::FUNCTION,
+            ranges::function(Arc::new(loops), store.clone(), hash, limits.output_bytes),
+        );
+        let added = rewritten
+            .loops
+            .into_iter()
+            .try_for_each(|l| env.add_template_owned(l.name, l.source));
+        if added.is_ok() && run(env, rewritten.source, out).is_ok() {
+            return Ok(());
+        }
+        out.clear();
+    }
+    let env = environment(store, limits);
+    run(env, source.to_owned(), out)
+}
+
+/// An environment with confd's functions over `store`.
+fn environment(store: Shared, limits: Limits) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_fuel(Some(limits.steps));
     env.set_undefined_behavior(UndefinedBehavior::Strict);
@@ -76,7 +114,12 @@ pub fn render(
         None => minijinja::escape_formatter(out, state, value),
     });
     register(&mut env, store);
-    env.add_template_owned("template", source.to_owned())
+    env
+}
+
+/// Adds `source` to `env` as "template" and renders it into `out`.
+fn run(mut env: Environment<'static>, source: String, out: &mut Bounded) -> Result<(), String> {
+    env.add_template_owned("template", source)
         .map_err(|e| e.to_string())?;
     let template = env.get_template("template").map_err(|e| e.to_string())?;
     template.render_captured_to((), out).map_err(|e| {

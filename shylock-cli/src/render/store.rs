@@ -194,6 +194,16 @@ impl Store {
         Ok(values)
     }
 
+    /// What a cached loop over `gets` (`pairs`) or `getvs` walks: each
+    /// item's key and value, in the function's order. A `getvs` item is
+    /// known by its value alone.
+    pub fn loop_items(&self, pairs: bool, pattern: &str) -> Result<Vec<(&str, &str)>, String> {
+        match pairs {
+            true => self.pairs(pattern),
+            false => Ok(self.values(pattern)?.into_iter().map(|v| (v, v)).collect()),
+        }
+    }
+
     /// confd's `ls`: the names one level below `path` (for a key itself,
     /// its own name), sorted.
     pub fn ls(&self, path: &str) -> Vec<String> {
@@ -293,6 +303,20 @@ fn warn_once(template: &str, key: &str, text: &str) {
 
 /// Shared by a render's functions.
 pub type Shared = Arc<Store>;
+
+/// A store over `keys` (full keys, all visible, prefix `/`) for tests of
+/// the engines, keeping its values in `cache`.
+#[cfg(test)]
+pub fn for_test(keys: &[(&str, &str)], template: &str, cache: &Arc<ValueCache>) -> Shared {
+    let keys = keys
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
+    Arc::new(
+        Store::new(Arc::new(keys), "/", &["/".to_owned()], template, false)
+            .with_cache(Arc::clone(cache)),
+    )
+}
 
 #[cfg(test)]
 mod tests {

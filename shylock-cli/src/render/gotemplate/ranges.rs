@@ -208,17 +208,8 @@ pub fn function(
             .get()
             .ok_or_else(|| fail("the template is not built"))?;
         let body = body_name(*n as usize);
-        // An item is known by its key and value (a `getvs` item by its value).
         let pairs = &**function == "gets";
-        let items: Vec<(&str, &str)> = match pairs {
-            true => store.pairs(pattern).map_err(|e| fail(&e))?,
-            false => store
-                .values(pattern)
-                .map_err(|e| fail(&e))?
-                .into_iter()
-                .map(|v| (v, v))
-                .collect(),
-        };
+        let items = store.loop_items(pairs, pattern).map_err(|e| fail(&e))?;
         let out = store.cache().loop_output(
             (source, *n as usize),
             &items,
@@ -244,18 +235,10 @@ mod tests {
 
     use super::super::{parse, render};
     use crate::render::cache::ValueCache;
-    use crate::render::store::Store;
     use crate::render::template::{Bounded, Limits};
 
     fn store(keys: &[(&str, &str)], cache: &Arc<ValueCache>) -> crate::render::store::Shared {
-        let keys = keys
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect();
-        Arc::new(
-            Store::new(Arc::new(keys), "/", &["/".to_owned()], "t.tmpl", false)
-                .with_cache(Arc::clone(cache)),
-        )
+        crate::render::store::for_test(keys, "t.tmpl", cache)
     }
 
     /// Renders with a cache kept across calls, and without one; both must agree.

@@ -336,16 +336,7 @@ pub fn function(
             JinjaError::new(ErrorKind::InvalidOperation, format!("{FUNCTION}: {text}"))
         };
         let (pairs, pattern) = loops.get(n).ok_or_else(|| fail("no such loop"))?;
-        // An item is known by its key and value (a `getvs` item by its value).
-        let items: Vec<(&str, &str)> = match pairs {
-            true => store.pairs(pattern).map_err(|e| fail(&e))?,
-            false => store
-                .values(pattern)
-                .map_err(|e| fail(&e))?
-                .into_iter()
-                .map(|v| (v, v))
-                .collect(),
-        };
+        let items = store.loop_items(*pairs, pattern).map_err(|e| fail(&e))?;
         let body = state.env().get_template(&format!("{FUNCTION}_{n}"))?;
         store.cache().loop_output(
             (source, n),
@@ -370,18 +361,10 @@ mod tests {
     use std::sync::Arc;
 
     use crate::render::cache::ValueCache;
-    use crate::render::store::Store;
     use crate::render::template::{Bounded, Limits};
 
     fn store(keys: &[(&str, &str)], cache: &Arc<ValueCache>) -> crate::render::store::Shared {
-        let keys = keys
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect();
-        Arc::new(
-            Store::new(Arc::new(keys), "/", &["/".to_owned()], "t.j2", false)
-                .with_cache(Arc::clone(cache)),
-        )
+        crate::render::store::for_test(keys, "t.j2", cache)
     }
 
     /// Renders with a cache kept across calls, and as written; both must agree.

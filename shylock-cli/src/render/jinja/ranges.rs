@@ -303,12 +303,15 @@ fn pure_expr(expr: &Expr<'_>, bound: &[&str]) -> bool {
 }
 
 /// No statement the caching cannot see through (includes, macros,
-/// imports, blocks), and no pure function's name bound to anything else.
+/// imports, blocks), and no pure function's name, nor the rewrite's own,
+/// bound to anything else.
 fn plain(stmts: &[Stmt<'_>]) -> bool {
     let free = |target: &Expr<'_>| {
         let mut bound = Vec::new();
         names(target, &mut bound);
-        bound.iter().all(|name| !PURE.contains(name))
+        bound
+            .iter()
+            .all(|name| !PURE.contains(name) && !name.starts_with(FUNCTION))
     };
     stmts.iter().all(|stmt| match stmt {
         Stmt::EmitRaw(_) | Stmt::EmitExpr(_) => true,
@@ -446,6 +449,7 @@ mod tests {
             "{% set toUpper = 'x' %}{% for kv in gets('/s/*') %}{{ toUpper(kv.Key) }}{% endfor %}",
             "{% macro m(x) %}{{ x }}{% endmacro %}{% for v in getvs('/s/*') %}{{ v }}{% endfor %}",
             "{% for kv in gets('/s/*') %}{{ kv.Key.upper() }}{% endfor %}",
+            "{% set __shylock_range = toUpper %}{% for v in getvs('/s/*') %}{{ v }}{% endfor %}",
         ] {
             assert!(super::rewrite(source).is_none(), "{source}");
         }

@@ -105,6 +105,39 @@ async fn read_only_mounts_get_no_open_requests() {
     }
 }
 
+/// A listing opened before a delete and read after it must not bring the
+/// deleted name back: READDIRPLUS hands the kernel an entry it keeps for an
+/// hour, and the delete's invalidation has already been sent. (Found as a
+/// rare timeout in `changes_appear`: `ls` opened the root just before the
+/// delete and read it just after.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listing_opened_before_a_delete_brings_no_deleted_name_back() {
+    let server = shared_server();
+    let p = unique_prefix("m-listing");
+    let mut etcd = etcd(&server.endpoint()).await;
+    put(&mut etcd, &format!("{p}/f"), "v").await;
+    put(&mut etcd, &format!("{p}/g"), "w").await;
+    for flags in [&[][..], &["--read-only"][..]] {
+        let mount = Mount::start(&server.endpoint(), &p, flags);
+        let file = mount.file("f");
+        assert_eq!(fs::read_to_string(&file).unwrap(), "v");
+        // OPENDIR now; the entries are read (READDIRPLUS) after the delete.
+        let listing = fs::read_dir(&mount.path).unwrap();
+        etcd.delete(format!("{p}/f"), None).await.unwrap();
+        wait_until("the delete reaches the mount", || {
+            !ls(&mount.path).contains(&"f".to_owned()) && !file.exists()
+        });
+        let names: Vec<String> = listing
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.contains(&"g".to_owned()), "{names:?}");
+        assert!(!names.contains(&"f".to_owned()), "{flags:?}: {names:?}");
+        assert!(!file.exists(), "{flags:?}: the deleted f came back");
+        put(&mut etcd, &format!("{p}/f"), "v").await;
+        mount.stop();
+    }
+}
+
 async fn changes_appear(flags: &[&str]) {
     let server = shared_server();
     let p = unique_prefix("m-live");

@@ -1044,6 +1044,14 @@ impl Filesystem for EtcdFs {
                 }
                 continue;
             };
+            // A node gone since opendir is left out: the kernel would keep
+            // its entry for TTL, and the delete's invalidation may already
+            // have been sent. (One deleted after this check is still safe:
+            // the invalidation waits for the directory lock this listing
+            // holds, so it lands after the entry.)
+            if !self.read_view().exists(node) {
+                continue;
+            }
             // The node's current inode (a value changed since opendir has
             // a new one), referenced only if the entry fits.
             let ino = self.write_view().ino(node);

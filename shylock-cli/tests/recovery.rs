@@ -89,7 +89,11 @@ async fn sync_on_a_full_disk_keeps_its_version_and_converges_when_space_returns(
     wait_until("a failed version, retried", || {
         fs::read_to_string(&log).is_ok_and(|l| l.matches("sync failed").count() >= 3)
     });
-    assert_eq!(versions(&out).len(), 1, "no half-written version is left");
+    // A retry's version exists while it is written and is removed when it
+    // fails: between attempts only the last good one is there.
+    wait_until("no half-written version left between retries", || {
+        versions(&out).len() == 1
+    });
     assert_eq!(
         fs::read(out.join("a")).unwrap().len(),
         20_000,
@@ -99,10 +103,10 @@ async fn sync_on_a_full_disk_keeps_its_version_and_converges_when_space_returns(
 
     // Space returns; no change in etcd: the retry converges.
     fs::remove_file(filler).unwrap();
-    wait_until("b once space returned", || {
-        fs::read(out.join("b")).is_ok_and(|b| b.len() == 20_000)
+    // The old version goes just after the new one is published.
+    wait_until("b once space returned, and the old version gone", || {
+        fs::read(out.join("b")).is_ok_and(|b| b.len() == 20_000) && versions(&out).len() == 1
     });
-    assert_eq!(versions(&out).len(), 1);
     assert!(child.stop().success());
 
     // A crash mid-version: the next start cleans it up before writing.

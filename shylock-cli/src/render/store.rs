@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use super::cache::ValueCache;
 use super::confd::{path_base, path_clean, path_dir};
 use super::resource::{covers, full_key};
-use crate::live_keys::Keys;
+use crate::live_keys::{is_clean_path, Keys};
 
 /// The keys one render may read.
 pub struct Store {
@@ -60,10 +60,21 @@ impl Store {
         scopes.dedup();
         let copy = scopes.clone();
         scopes.retain(|s| !copy.iter().any(|other| other != s && covers(other, s)));
+        // Every key in a scope below the prefix is named as confd names it
+        // when its full key is plain, which `Keys` counts: no walk then.
+        let below = |scope: &String| {
+            scope
+                .trim_end_matches('/')
+                .strip_prefix(&prefix)
+                .is_some_and(|rest| rest.starts_with('/'))
+        };
+        let known = keys.all_plain() && scopes.iter().all(below);
         let shared = Visible::Shared { keys, scopes };
-        let plain = shared
-            .iter(&prefix)
-            .all(|(name, value)| name.is_some_and(is_clean) && std::str::from_utf8(value).is_ok());
+        // confd's name is `path.Join("/", name)`: a clean path.
+        let plain = known
+            || shared.iter(&prefix).all(|(name, value)| {
+                name.is_some_and(is_clean_path) && std::str::from_utf8(value).is_ok()
+            });
         let keys = if plain {
             shared
         } else {
@@ -266,16 +277,6 @@ impl Visible {
     }
 }
 
-/// Whether a name is as confd's `path.Join("/", name)` leaves it.
-fn is_clean(name: &str) -> bool {
-    name.starts_with('/')
-        && (name == "/"
-            || (!name.ends_with('/')
-                && name[1..]
-                    .split('/')
-                    .all(|part| !matches!(part, "" | "." | ".."))))
-}
-
 /// confd's `pathToTerms`: a cleaned path split at `/`.
 fn terms(path: &str) -> Vec<String> {
     path_clean(path).split('/').map(str::to_owned).collect()
@@ -439,11 +440,22 @@ mod tests {
         assert_eq!(s.value("/a/1").unwrap(), Some("x"), "cleaned as confd does");
         assert_eq!(s.value("/a/2").unwrap(), Some("\u{fffd}"));
         assert!(
-            is_clean("/")
-                && is_clean("/a/b")
-                && !is_clean("/a/")
-                && !is_clean("/a/./b")
-                && !is_clean("a")
+            is_clean_path("/")
+                && is_clean_path("/a/b")
+                && !is_clean_path("/a/")
+                && !is_clean_path("/a/./b")
+                && !is_clean_path("a")
         );
+
+        // Plain keys, but a scope that is the prefix itself: the key named
+        // like the prefix is `/` to confd, so the names are copied.
+        let s = build(&[("/p", b"x"), ("/p/a", b"y")], &["/p"]);
+        assert!(matches!(s.keys, Visible::Copied(_)));
+        assert_eq!(s.value("/").unwrap(), Some("x"));
+        assert_eq!(s.value("/a").unwrap(), Some("y"));
+        // Plain keys under the prefix are read in place, with no walk.
+        let s = build(&[("/p/a", b"x"), ("/p/b/c", b"y")], &["/p/"]);
+        assert!(matches!(s.keys, Visible::Shared { .. }));
+        assert_eq!(s.pairs("/*").unwrap(), [("/a", "x")]);
     }
 }

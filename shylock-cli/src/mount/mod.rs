@@ -28,6 +28,11 @@ pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
         || env_true("ETC_READ_ONLY");
     check_fuse()?;
     prepare_mountpoint(&args.mountpoint)?;
+    // The mount's memory is small objects. Where transparent huge pages
+    // are `always`, each first touch of an allocator region zeroed 2 MB:
+    // 15% of the CPU of a first pass over 10,000 files (perf).
+    // SAFETY: sets a flag of this process; no memory is passed.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
 
     let options = connect.options()?;
     let client = shylock::Client::connect(options).await?;

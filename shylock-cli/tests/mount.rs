@@ -138,6 +138,83 @@ async fn a_listing_opened_before_a_delete_brings_no_deleted_name_back() {
     }
 }
 
+/// The kernel keeps listings (CACHE_DIR), and one made just before a change
+/// must not outlive it. Listers read the directory without pause while keys
+/// are added, then deleted, one at a time through etcd; each change must
+/// show in a fresh listing (a listing the kernel kept from before it never
+/// would), and no listing begun after a change showed may miss it.
+#[tokio::test(flavor = "multi_thread")]
+async fn kept_listings_follow_every_change_under_concurrent_listers() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const N: usize = 60;
+    let server = shared_server();
+    let p = unique_prefix("m-kept");
+    let mut etcd = etcd(&server.endpoint()).await;
+    put(&mut etcd, &format!("{p}/d/keep"), "k").await;
+    let name = |i: usize| format!("n{i:02}");
+    for flags in [&["--read-only"][..], &[][..]] {
+        let mount = Mount::start(&server.endpoint(), &p, flags);
+        let dir = mount.file("d");
+        // Below N: names 0..step shown. From N: names 0..step-N gone.
+        let step = AtomicUsize::new(0);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| {
+                    while !done.load(Ordering::Acquire) {
+                        let before = step.load(Ordering::Acquire);
+                        let seen = ls(&dir);
+                        let after = step.load(Ordering::Acquire);
+                        assert!(seen.contains(&"keep".to_owned()), "{flags:?}: {seen:?}");
+                        for i in 0..N {
+                            let shown = seen.contains(&name(i));
+                            // Added and seen by the writer before this
+                            // listing began, and its delete not yet begun
+                            // when it ended (step s deletes s - N).
+                            let added = i < before.min(N);
+                            let kept = after < N || i > after - N;
+                            if added && kept {
+                                assert!(shown, "{flags:?}: n{i} gone: {seen:?}");
+                            }
+                            // Deleted and seen gone before it began.
+                            if before > N && i < before - N {
+                                assert!(!shown, "{flags:?}: deleted n{i} back: {seen:?}");
+                            }
+                        }
+                    }
+                });
+            }
+            // The listers stop however the writer ends.
+            struct Stop<'a>(&'a AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Release);
+                }
+            }
+            let _stop = Stop(&done);
+            let runtime = tokio::runtime::Handle::current();
+            for s in 0..2 * N {
+                let key = format!("{p}/d/{}", name(s % N));
+                let adding = s < N;
+                tokio::task::block_in_place(|| {
+                    runtime.block_on(async {
+                        if adding {
+                            put(&mut etcd, &key, "v").await;
+                        } else {
+                            etcd.delete(key, None).await.unwrap();
+                        }
+                    })
+                });
+                wait_until("the change in a fresh listing", || {
+                    ls(&dir).contains(&name(s % N)) == adding
+                });
+                step.store(s + 1, Ordering::Release);
+            }
+        });
+        mount.stop();
+    }
+}
+
 async fn changes_appear(flags: &[&str]) {
     let server = shared_server();
     let p = unique_prefix("m-live");
@@ -701,6 +778,23 @@ async fn a_walk_needs_no_lookup_per_file_and_cached_ahead_contents_follow_change
     assert_eq!(count("lookup"), 0.0, "{page}");
     assert!(count("readdirplus") >= 2.0, "{page}");
     assert!(count("read") <= 50.0, "{page}");
+
+    // The kernel keeps the listings, and opens directories without asking
+    // (after one opendir, answered ENOSYS): a second walk sends nothing.
+    walk("first");
+    let again = scrape(&metrics);
+    for op in [
+        "opendir",
+        "readdirplus",
+        "readdir",
+        "releasedir",
+        "lookup",
+        "read",
+    ] {
+        let key = format!("shylock_fuse_requests_total{{op=\"{op}\"}}");
+        assert_eq!(sample(&again, &key), sample(&page, &key), "{op}:\n{again}");
+    }
+    assert_eq!(count("opendir"), 1.0, "{page}");
 
     // Every value changes: what the kernel cached ahead is not served.
     for i in 0..50 {

@@ -16,12 +16,13 @@ use std::time::{Duration, SystemTime};
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
     OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use super::invalidate::Invalidations;
+use super::listing::{Cookies, Listed, Page};
 use super::view::{Node, Owner, View};
 use crate::cli::Conflicts;
 use crate::guard::{Change, Guard, WriteArgs};
@@ -48,8 +49,11 @@ pub struct EtcdFs {
     write: WriteArgs,
     invalidations: Invalidations,
     files: Mutex<HashMap<u64, Arc<Handle>>>,
-    dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
     next_fh: AtomicU64,
+    cookies: Cookies,
+    /// Whether the kernel opens directories without asking (then it keeps
+    /// their listings, as a CACHE_DIR open would).
+    no_opendir: bool,
 }
 
 /// What a mount was asked for.
@@ -63,10 +67,6 @@ pub struct Settings {
     /// Schema checks and audit records for writes.
     pub write: WriteArgs,
 }
-
-/// One entry of an open directory: inode, kind, name, and the node (none
-/// for `.` and `..`).
-type DirEntry = (u64, FileType, std::ffi::OsString, Option<Node>);
 
 /// A file opened for writing. What `stat` needs is readable without
 /// waiting for the file, which is locked while it is committed.
@@ -145,8 +145,9 @@ impl EtcdFs {
             write: settings.write,
             invalidations,
             files: Mutex::default(),
-            dirs: Mutex::default(),
             next_fh: AtomicU64::new(1),
+            cookies: Cookies::default(),
+            no_opendir: false,
         }
     }
 
@@ -641,28 +642,15 @@ impl EtcdFs {
         Ok(())
     }
 
-    fn do_opendir(&self, ino: INodeNo) -> Result<u64, Errno> {
-        let prefix = self.dir(ino)?;
-        let mut view = self.write_view();
-        let parent = match view.parent_and_name(&Node::Dir(prefix.clone())) {
-            Some((parent, _)) => view.ino(&parent),
-            None => 1,
+    /// The entries of directory `ino` after `offset`, as the view holds
+    /// them now (see `listing`), with the directory's own attributes.
+    fn list_after(&self, ino: INodeNo, offset: u64) -> Result<(Page, FileAttr), Errno> {
+        let node = self.node(ino)?;
+        let Node::Dir(prefix) = &node else {
+            return Err(Errno::ENOTDIR);
         };
-        let mut entries = vec![
-            (ino.0, FileType::Directory, ".".into(), None),
-            (parent, FileType::Directory, "..".into(), None),
-        ];
-        for entry in view.children(&prefix) {
-            let kind = match entry.node {
-                Node::Dir(_) => FileType::Directory,
-                Node::File(_) => FileType::RegularFile,
-            };
-            entries.push((view.ino(&entry.node), kind, entry.name, Some(entry.node)));
-        }
-        drop(view);
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.dirs).insert(fh, entries);
-        Ok(fh)
+        let listed = self.cookies.after(&self.read_view(), prefix, offset);
+        Ok((listed, self.attr_of(ino.0, &node)))
     }
 }
 
@@ -706,6 +694,11 @@ impl Filesystem for EtcdFs {
         if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS) {
             tracing::warn!(?missing, "the kernel cannot list with attributes");
         }
+        // Directories need no handle; where the kernel can do without,
+        // opendir says so (ENOSYS) and the kernel keeps listings.
+        self.no_opendir = config
+            .add_capabilities(fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
         if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC) {
             tracing::warn!(
                 ?missing,
@@ -973,11 +966,19 @@ impl Filesystem for EtcdFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         requested("opendir");
-        match self.do_opendir(ino) {
-            // Listings are not cached by the kernel (no CACHE_DIR): one
-            // shows a change as soon as the watch saw it, where an
-            // invalidation would come just after.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        if self.no_opendir {
+            // A listing needs no handle (its offsets are the same in every
+            // listing): ENOSYS tells the kernel to stop sending opens and
+            // releases of directories, and to keep their listings.
+            return reply.error(Errno::ENOSYS);
+        }
+        // The kernel keeps a listing until the watch invalidates the
+        // directory (see `invalidate`).
+        match self.dir(ino) {
+            Ok(_) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
             Err(e) => reply.error(e),
         }
     }
@@ -985,19 +986,28 @@ impl Filesystem for EtcdFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         requested("readdir");
-        let dirs = lock(&self.dirs);
-        let Some(entries) = dirs.get(&fh.0) else {
-            return reply.error(Errno::EBADF);
+        let (listed, parent) = match self.list_after(ino, offset) {
+            Ok((listed, _)) => {
+                let view = self.read_view();
+                let parent = view.live(ino.0).and_then(|dir| view.parent_and_name(dir));
+                let parent = parent.and_then(|(p, _)| view.known_ino(&p));
+                (listed, parent.unwrap_or(1))
+            }
+            Err(e) => return reply.error(e),
         };
-        for (i, (ino, kind, name, _)) in entries.iter().enumerate().skip(offset as usize) {
-            // The offset of an entry is the cookie of the one after it.
-            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+        for entry in listed.iter() {
+            let entry_ino = match &entry.node {
+                Some(node) => self.write_view().ino(node),
+                None if entry.name == ".." => parent,
+                None => ino.0,
+            };
+            if reply.add(INodeNo(entry_ino), entry.cookie, entry.kind, &entry.name) {
                 break;
             }
         }
@@ -1011,52 +1021,40 @@ impl Filesystem for EtcdFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
         requested("readdirplus");
-        let entries = {
-            let dirs = lock(&self.dirs);
-            let Some(entries) = dirs.get(&fh.0) else {
-                return reply.error(Errno::EBADF);
-            };
-            entries[(offset as usize).min(entries.len())..].to_vec()
-        };
-        let dir_attr = match self.node(ino) {
-            Ok(node) => self.attr_of(ino.0, &node),
+        let (listed, dir_attr) = match self.list_after(ino, offset) {
+            Ok(found) => found,
             Err(e) => return reply.error(e),
         };
         let mut prefetch = Vec::new();
-        for (i, (_, _, name, node)) in entries.iter().enumerate() {
-            let cookie = offset + i as u64 + 1;
+        for Listed {
+            cookie, name, node, ..
+        } in listed.iter()
+        {
             let Some(node) = node else {
                 // `.` and `..`: the kernel takes no reference to them.
-                if reply.add(
-                    INodeNo(dir_attr.ino.0),
-                    cookie,
-                    name,
-                    &TTL,
-                    &dir_attr,
-                    Generation(0),
-                ) {
+                if reply.add(dir_attr.ino, *cookie, name, &TTL, &dir_attr, Generation(0)) {
                     break;
                 }
                 continue;
             };
-            // A node gone since opendir is left out: the kernel would keep
-            // its entry for TTL, and the delete's invalidation may already
-            // have been sent. (One deleted after this check is still safe:
-            // the invalidation waits for the directory lock this listing
-            // holds, so it lands after the entry.)
+            // A node gone since the listing was made is left out: the
+            // kernel would keep its entry for TTL, and the delete's
+            // invalidation may already have been sent. (One deleted after
+            // this check is still safe: the invalidation waits for the
+            // directory lock this listing holds, so it lands after the
+            // entry.)
             if !self.read_view().exists(node) {
                 continue;
             }
-            // The node's current inode (a value changed since opendir has
-            // a new one), referenced only if the entry fits.
+            // The node's current inode, referenced only if the entry fits.
             let ino = self.write_view().ino(node);
             let attr = self.attr_of(ino, node);
-            if reply.add(INodeNo(ino), cookie, name, &TTL, &attr, Generation(0)) {
+            if reply.add(INodeNo(ino), *cookie, name, &TTL, &attr, Generation(0)) {
                 break;
             }
             let mut view = self.write_view();
@@ -1106,18 +1104,5 @@ impl Filesystem for EtcdFs {
         } else {
             reply.data(&[]);
         }
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        requested("releasedir");
-        lock(&self.dirs).remove(&fh.0);
-        reply.ok();
     }
 }

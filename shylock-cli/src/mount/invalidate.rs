@@ -170,9 +170,23 @@ impl Stale {
                 tracing::debug!(ino, %error, "inval_inode");
             }
         }
+        let mut dirs = Vec::new();
         for (parent, name) in self.entries {
             if let Err(error) = notifier.inval_entry(INodeNo(parent), &name) {
                 tracing::debug!(parent, ?name, %error, "inval_entry");
+            }
+            if !dirs.contains(&parent) {
+                dirs.push(parent);
+            }
+        }
+        // The listings the kernel keeps of those directories go, after
+        // their entries: an entry's invalidation takes the directory's lock,
+        // so it waits for any listing being read, which may have been made
+        // before the change and put in the kernel's cache; dropping the
+        // cached listing after that leaves none made before the change.
+        for dir in dirs {
+            if let Err(error) = notifier.inval_inode(INodeNo(dir), 0, 0) {
+                tracing::debug!(dir, %error, "inval_inode of a directory");
             }
         }
     }

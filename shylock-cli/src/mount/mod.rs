@@ -2,6 +2,7 @@
 
 mod fs;
 mod invalidate;
+mod listing;
 
 mod view;
 

@@ -80,6 +80,8 @@ pub struct View {
     stored: HashSet<u64>,
     next_ino: u64,
     started: Option<SystemTime>,
+    /// Moves with every change of a key or a local entry.
+    generation: u64,
 }
 
 /// A directory entry: its name and what it is.
@@ -116,6 +118,7 @@ impl View {
         &mut self,
         keys: impl IntoIterator<Item = (String, Vec<u8>, i64)>,
     ) -> Vec<String> {
+        self.generation += 1;
         let now = SystemTime::now();
         let new: BTreeMap<String, Value> = keys
             .into_iter()
@@ -147,6 +150,7 @@ impl View {
     /// Sets or deletes one key, as etcd now holds it. A new value gets a
     /// new inode; the old one keeps its content while the kernel holds it.
     pub fn set(&mut self, key: &str, value: Option<(Vec<u8>, i64)>) {
+        self.generation += 1;
         match value {
             Some((bytes, revision)) => {
                 if self.keys.get(key).is_some_and(|v| v.revision >= revision) {
@@ -181,6 +185,7 @@ impl View {
 
     /// Holds a key's new value (no longer a created file or a local dir).
     fn store(&mut self, key: &str, bytes: Vec<u8>, revision: i64) {
+        self.generation += 1;
         self.new_files.remove(key);
         self.forget_local_dirs_above(key);
         let value = Value {
@@ -272,6 +277,11 @@ impl View {
         }
     }
 
+    /// A number that moves with every change of a key or a local entry.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn value(&self, key: &str) -> Option<&Value> {
         self.keys.get(key)
     }
@@ -340,18 +350,22 @@ impl View {
     }
 
     pub fn add_local_dir(&mut self, prefix: String) {
+        self.generation += 1;
         self.local_dirs.insert(prefix);
     }
 
     pub fn remove_local_dir(&mut self, prefix: &str) -> bool {
+        self.generation += 1;
         self.local_dirs.remove(prefix)
     }
 
     pub fn add_new_file(&mut self, key: String) {
+        self.generation += 1;
         self.new_files.insert(key);
     }
 
     pub fn remove_new_file(&mut self, key: &str) {
+        self.generation += 1;
         self.new_files.remove(key);
     }
 

@@ -23,6 +23,7 @@ use fuser::{
 
 use super::invalidate::Invalidations;
 use super::listing::{Cookies, Listed, Page};
+use super::prefetch::Prefetch;
 use super::view::{Node, Owner, View};
 use crate::cli::Conflicts;
 use crate::guard::{Change, Guard, WriteArgs};
@@ -51,6 +52,8 @@ pub struct EtcdFs {
     files: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     cookies: Cookies,
+    /// Listings' files to put in the kernel's cache (read-only mounts).
+    prefetch: Prefetch,
     /// Whether the kernel opens directories without asking (then it keeps
     /// their listings, as a CACHE_DIR open would).
     no_opendir: bool,
@@ -143,10 +146,11 @@ impl EtcdFs {
             conflicts: settings.conflicts,
             max_value: settings.max_value,
             write: settings.write,
-            invalidations,
             files: Mutex::default(),
             next_fh: AtomicU64::new(1),
             cookies: Cookies::default(),
+            prefetch: Prefetch::new(invalidations.clone()),
+            invalidations,
             no_opendir: false,
         }
     }
@@ -782,6 +786,9 @@ impl Filesystem for EtcdFs {
         reply: ReplyData,
     ) {
         requested("read");
+        if self.owner.read_only {
+            self.prefetch.reading(ino.0);
+        }
         let slice = |data: &[u8]| {
             let start = usize::try_from(offset)
                 .unwrap_or(usize::MAX)
@@ -1030,6 +1037,8 @@ impl Filesystem for EtcdFs {
             Ok(found) => found,
             Err(e) => return reply.error(e),
         };
+        // The reader took this directory's last listing in.
+        self.prefetch.listed_again(ino.0);
         let mut prefetch = Vec::new();
         for Listed {
             cookie, name, node, ..
@@ -1066,9 +1075,9 @@ impl Filesystem for EtcdFs {
                 }
             }
         }
-        reply.ok();
         // What lists a directory here reads its files next (`cp -r`).
-        self.invalidations.prefetch(prefetch);
+        self.prefetch.arm(ino.0, prefetch);
+        reply.ok();
     }
 
     fn ioctl(

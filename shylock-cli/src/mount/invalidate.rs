@@ -4,10 +4,13 @@
 //! invalidation can wait for a directory lock held by a process whose FUSE
 //! request needs the async runtime (the watch task must never block it).
 //! Never from inside a FUSE handler, never while holding the view's lock.
+//! Contents stored ahead of reads (see `prefetch`) go through a second
+//! thread, which takes no directory lock, so a handler may wait for it.
 
 use std::ffi::OsString;
 use std::sync::mpsc;
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
 
 use fuser::{INodeNo, Notifier};
 use shylock::TreeEvent;
@@ -22,61 +25,98 @@ pub struct Handler {
     stale: Invalidations,
 }
 
-/// A way to the thread that tells the kernel, for the FUSE handlers too
+/// A way to the threads that tell the kernel, for the FUSE handlers too
 /// (which must never notify the kernel themselves).
 #[derive(Clone)]
-pub struct Invalidations(mpsc::Sender<Stale>);
+pub struct Invalidations {
+    stale: mpsc::Sender<Stale>,
+    stores: mpsc::Sender<(Files, Arc<Stored>)>,
+}
+
+/// Files' inodes and the contents to store in them.
+pub type Files = Vec<(u64, Arc<[u8]>)>;
+
+/// Whether a batch of contents is in the kernel's cache yet.
+#[derive(Default)]
+pub struct Stored {
+    done: Mutex<bool>,
+    progress: Condvar,
+}
+
+impl Stored {
+    fn finish(&self) {
+        *self.done.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.progress.notify_all();
+    }
+
+    /// Waits, at most `limit`, until the batch is stored.
+    pub fn wait(&self, limit: Duration) {
+        let done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = self.progress.wait_timeout_while(done, limit, |done| !*done);
+    }
+}
 
 impl Invalidations {
     /// Puts these inodes' contents in the kernel's page cache, so the first
     /// read of each needs no READ (a listing's files, on a read-only
-    /// mount, where an inode's content never changes).
-    pub fn prefetch(&self, files: Vec<(u64, Arc<[u8]>)>) {
-        if !files.is_empty() {
-            let _ = self.0.send(Stale {
-                prefetch: files,
-                ..Stale::default()
-            });
+    /// mount, where an inode's content never changes); `stored` says when
+    /// they are in.
+    pub fn prefetch(&self, files: Files, stored: Arc<Stored>) {
+        if let Err(mpsc::SendError((_, stored))) = self.stores.send((files, stored)) {
+            stored.finish();
         }
     }
 
     /// The kernel's cached pages and attributes of `ino` are wrong (a write
     /// through the mount that was not committed left its data there).
     pub fn inode(&self, ino: u64) {
-        let _ = self.0.send(Stale {
+        let _ = self.stale.send(Stale {
             inodes: vec![ino],
             ..Stale::default()
         });
     }
 }
 
-/// What the kernel must forget, and what it may cache ahead.
+/// What the kernel must forget.
 #[derive(Default)]
 struct Stale {
     entries: Vec<(u64, OsString)>,
     inodes: Vec<u64>,
-    /// Inodes whose content the kernel may cache before it is read: an
-    /// inode's content never changes on a read-only mount.
-    prefetch: Vec<(u64, Arc<[u8]>)>,
 }
 
 impl Handler {
     pub fn new(view: Arc<RwLock<View>>, notifier: Arc<OnceLock<Notifier>>, base: String) -> Self {
         let (stale, pending) = mpsc::channel::<Stale>();
+        let kernel = notifier.clone();
         std::thread::Builder::new()
             .name("shylock-invalidate".into())
             .spawn(move || {
                 for stale in pending {
-                    if let Some(notifier) = notifier.get() {
+                    if let Some(notifier) = kernel.get() {
                         stale.send(notifier);
                     }
                 }
             })
             .expect("start the invalidation thread");
+        // Stores have a thread of their own: an invalidation can wait for a
+        // directory lock held by a reader that waits for its listing's
+        // stores (see `wait_stored`). A store takes no directory lock.
+        let (stores, batches) = mpsc::channel::<(Files, Arc<Stored>)>();
+        std::thread::Builder::new()
+            .name("shylock-store".into())
+            .spawn(move || {
+                for (files, stored) in batches {
+                    if let Some(notifier) = notifier.get() {
+                        store(notifier, files);
+                    }
+                    stored.finish();
+                }
+            })
+            .expect("start the store thread");
         Handler {
             view,
             base,
-            stale: Invalidations(stale),
+            stale: Invalidations { stale, stores },
         }
     }
 
@@ -128,7 +168,7 @@ impl Handler {
             }
         }
         if !stale.entries.is_empty() || !stale.inodes.is_empty() {
-            let _ = self.stale.0.send(stale);
+            let _ = self.stale.stale.send(stale);
         }
     }
 }
@@ -159,12 +199,6 @@ impl Stale {
     }
 
     fn send(self, notifier: &Notifier) {
-        for (ino, data) in self.prefetch {
-            // ENOENT: the kernel already forgot the inode; nothing to do.
-            if let Err(error) = notifier.store(INodeNo(ino), 0, &data) {
-                tracing::debug!(ino, %error, "store");
-            }
-        }
         for ino in self.inodes {
             if let Err(error) = notifier.inval_inode(INodeNo(ino), 0, 0) {
                 tracing::debug!(ino, %error, "inval_inode");
@@ -189,5 +223,14 @@ impl Stale {
                 tracing::debug!(dir, %error, "inval_inode of a directory");
             }
         }
+    }
+}
+
+/// Puts files' contents in the kernel's page cache.
+fn store(notifier: &Notifier, files: Files) {
+    for (ino, data) in files {
+        // ENOENT: the kernel already forgot the inode; nothing to do.
+        let r = notifier.store(INodeNo(ino), 0, &data);
+        tracing::debug!(ino, ?r, "DEBUGSTORE");
     }
 }

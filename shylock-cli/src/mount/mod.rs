@@ -3,6 +3,7 @@
 mod fs;
 mod invalidate;
 mod listing;
+mod prefetch;
 
 mod view;
 

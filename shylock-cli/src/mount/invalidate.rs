@@ -7,6 +7,7 @@
 //! Contents stored ahead of reads (see `prefetch`) go through a second
 //! thread, which takes no directory lock, so a handler may wait for it.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, RwLock};
@@ -139,12 +140,18 @@ impl Handler {
             let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
             match event {
                 TreeEvent::Changed { changes, .. } => {
+                    let keys: Vec<&str> = changes
+                        .iter()
+                        .filter_map(|(key, _, _)| self.relative(key))
+                        .collect();
+                    let before = Dirs::above(&view, &keys);
                     for (key, value, revision) in changes {
-                        let Some(key) = self.relative(key) else {
-                            continue;
-                        };
-                        view.set(key, value.clone().map(|v| (v, *revision)));
-                        stale.add(&view, key);
+                        if let Some(key) = self.relative(key) {
+                            view.set(key, value.clone().map(|v| (v, *revision)));
+                        }
+                    }
+                    for key in keys {
+                        stale.add(&view, key, Some(&before));
                     }
                 }
                 TreeEvent::Replaced { tree, .. } => {
@@ -156,8 +163,10 @@ impl Handler {
                             entry.mod_revision,
                         ))
                     });
+                    // What was there before is gone: every entry above a
+                    // changed key is told, as if its directory had changed.
                     for key in view.replace(keys.collect::<Vec<_>>()) {
-                        stale.add(&view, &key);
+                        stale.add(&view, &key, None);
                     }
                 }
                 TreeEvent::Connection(Some(error)) => {
@@ -173,12 +182,36 @@ impl Handler {
     }
 }
 
+/// The directories above some keys that existed before a change, for
+/// [`Stale::add`]: an entry above a key is stale only if the directory it
+/// names appeared or vanished.
+struct Dirs(HashSet<String>);
+
+impl Dirs {
+    fn above(view: &View, keys: &[&str]) -> Dirs {
+        let mut dirs = HashSet::new();
+        for key in keys {
+            for dir in ancestors(&format!("{key}/")).skip(1) {
+                if !dirs.contains(dir) && view.is_dir(dir) {
+                    dirs.insert(dir.to_owned());
+                }
+            }
+        }
+        Dirs(dirs)
+    }
+}
+
 impl Stale {
-    /// Everything a change of `key` can make stale: the entries of every
-    /// directory above it (the key's name now stands for a new inode, and
-    /// a directory can appear, vanish, or turn from a file into one), and the
-    /// pages of its inode if it kept one (a write of this mount, seen again).
-    fn add(&mut self, view: &View, key: &str) {
+    /// Everything a change of `key` made stale: its own entry (its name now
+    /// stands for a new inode), the pages of its inode if it kept one (a
+    /// write of this mount, seen again), and the entry of each directory
+    /// above it that appeared or vanished (or that turned from a file into
+    /// one). A directory that was there before and is there after keeps its
+    /// entry: dropping it would drop every entry below it from the kernel's
+    /// cache, and with them the cached pages of every file in it (one put
+    /// would cost a LOOKUP and a READ of each sibling). `before` is `None`
+    /// when that is not known: every entry above the key is then told.
+    fn add(&mut self, view: &View, key: &str, before: Option<&Dirs>) {
         if let Some(ino) = view.known_ino(&Node::File(key.to_owned())) {
             self.inodes.push(ino);
         }
@@ -186,15 +219,17 @@ impl Stale {
             self.entries.push((ino, VALUE_FILE.into()));
         }
         let full = format!("{key}/");
-        let mut parents = ancestors(&full).peekable();
-        while let Some(dir) = parents.next() {
+        for dir in ancestors(key) {
             let Some(ino) = view.known_ino(&Node::Dir(dir.to_owned())) else {
                 continue;
             };
             let rest = &full[dir.len()..];
             let segment = rest.split('/').next().unwrap_or_default();
-            self.entries.push((ino, names::encode(segment.as_bytes())));
-            let _ = parents.peek();
+            let child = &full[..dir.len() + segment.len() + 1];
+            let kept = before.is_some_and(|b| b.0.contains(child) && view.is_dir(child));
+            if !kept {
+                self.entries.push((ino, names::encode(segment.as_bytes())));
+            }
         }
     }
 
@@ -230,7 +265,8 @@ impl Stale {
 fn store(notifier: &Notifier, files: Files) {
     for (ino, data) in files {
         // ENOENT: the kernel already forgot the inode; nothing to do.
-        let r = notifier.store(INodeNo(ino), 0, &data);
-        tracing::debug!(ino, ?r, "DEBUGSTORE");
+        if let Err(error) = notifier.store(INodeNo(ino), 0, &data) {
+            tracing::debug!(ino, %error, "store");
+        }
     }
 }

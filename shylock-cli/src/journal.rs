@@ -67,9 +67,11 @@ pub async fn run(connect: &ConnectArgs, args: JournalArgs) -> Result<(), Error> 
     let mut feed = Feed::follow(&client, &scope).await?;
     journal.catch_up(&scope, feed.revision).await?;
     journal.prune().await?;
+    // Signals are caught before readiness is told: a stop sent as soon as
+    // the journal is ready ends it cleanly.
+    let mut stop = crate::signals::Stop::new()?;
     crate::notify::ready(&format!("journaling {} into {}", args.prefix, journal.root));
     tracing::info!(revision = feed.revision, prefix = %args.prefix, into = %journal.root, "journaling");
-    let mut stop = crate::signals::Stop::new()?;
     let mut written = 0u64;
     loop {
         let batch = tokio::select! {

@@ -596,6 +596,55 @@ async fn a_killed_mount_is_cleaned_by_the_next_one() {
     again.stop();
 }
 
+/// SIGTERM sent the moment the mount appears (before or just after
+/// "mounted" is printed) unmounts cleanly: the signal is caught from before
+/// the mount is made. (It killed the process, leaving the mount behind,
+/// when it came before the handler was installed, just after the print.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_as_the_mount_appears_unmounts_cleanly() {
+    let server = shared_server();
+    let p = unique_prefix("m-early");
+    let mut etcd = etcd(&server.endpoint()).await;
+    put(&mut etcd, &format!("{p}/k"), "v").await;
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mnt");
+        fs::create_dir(&path).unwrap();
+        let mut child = shylock()
+            .args(["--endpoints", &server.endpoint(), "mount"])
+            .arg(&path)
+            .args(["--prefix", &p])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Polled without a pause, to signal as early as can be seen.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !is_mounted(&path) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: no mount"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "round {round}: mount exited"
+            );
+        }
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        let left = is_mounted(&path);
+        if left {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&path)
+                .status();
+        }
+        assert!(status.success(), "round {round}: exited with {status}");
+        assert!(!left, "round {round}: the mount was left behind");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outage_keeps_the_tree_readable_and_writes_fail_with_eio() {
     let server = EtcdServer::start();

@@ -126,6 +126,10 @@ pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
         config.acl = SessionACL::All;
     }
     config.n_threads = Some(4);
+    // SIGTERM and SIGINT are caught from before the mount: one that comes
+    // as the mount is made, or just after "mounted" is printed, unmounts
+    // cleanly instead of killing the process with the mount left behind.
+    let mut stop = crate::signals::Stop::new()?;
     let mountpoint = args.mountpoint.clone();
     let session =
         tokio::task::spawn_blocking(move || fuser::Session::new(filesystem, &mountpoint, &config))
@@ -149,7 +153,7 @@ pub async fn run(connect: &ConnectArgs, args: MountArgs) -> Result<(), Error> {
         args.prefix,
         args.mountpoint.display()
     ));
-    crate::signals::Stop::new()?.wait().await;
+    stop.wait().await;
     crate::reporting::stop(reporter.as_ref()).await;
     tracing::info!("unmounting {}", args.mountpoint.display());
     drop(watch);

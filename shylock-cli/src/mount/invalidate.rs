@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
@@ -24,6 +25,9 @@ pub struct Handler {
     base: String,
     /// To the thread that tells the kernel.
     stale: Invalidations,
+    /// Whether the view was filled: the first read fills it before the
+    /// mount exists (see `handle`).
+    filled: AtomicBool,
 }
 
 /// A way to the threads that tell the kernel, for the FUSE handlers too
@@ -118,6 +122,7 @@ impl Handler {
             view,
             base,
             stale: Invalidations { stale, stores },
+            filled: AtomicBool::new(false),
         }
     }
 
@@ -163,10 +168,17 @@ impl Handler {
                             entry.mod_revision,
                         ))
                     });
-                    // What was there before is gone: every entry above a
-                    // changed key is told, as if its directory had changed.
+                    // The first read fills the view before the mount is
+                    // made: the kernel holds nothing yet, and telling it
+                    // later (once mounted, from the other thread) would
+                    // only drop what the first readers have just cached.
+                    // After a resync, what was there before is gone: every
+                    // entry above a changed key is told.
+                    let first = !self.filled.swap(true, Ordering::AcqRel);
                     for key in view.replace(keys.collect::<Vec<_>>()) {
-                        stale.add(&view, &key, None);
+                        if !first {
+                            stale.add(&view, &key, None);
+                        }
                     }
                 }
                 TreeEvent::Connection(Some(error)) => {

@@ -54,9 +54,6 @@ pub struct EtcdFs {
     cookies: Cookies,
     /// Listings' files to put in the kernel's cache (read-only mounts).
     prefetch: Prefetch,
-    /// Whether the kernel opens directories without asking (then it keeps
-    /// their listings, as a CACHE_DIR open would).
-    no_opendir: bool,
 }
 
 /// What a mount was asked for.
@@ -151,7 +148,6 @@ impl EtcdFs {
             cookies: Cookies::default(),
             prefetch: Prefetch::new(invalidations.clone()),
             invalidations,
-            no_opendir: false,
         }
     }
 
@@ -698,11 +694,6 @@ impl Filesystem for EtcdFs {
         if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS) {
             tracing::warn!(?missing, "the kernel cannot list with attributes");
         }
-        // Directories need no handle; where the kernel can do without,
-        // opendir says so (ENOSYS) and the kernel keeps listings.
-        self.no_opendir = config
-            .add_capabilities(fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT)
-            .is_ok();
         if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC) {
             tracing::warn!(
                 ?missing,
@@ -973,19 +964,18 @@ impl Filesystem for EtcdFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         requested("opendir");
-        if self.no_opendir {
-            // A listing needs no handle (its offsets are the same in every
-            // listing): ENOSYS tells the kernel to stop sending opens and
-            // releases of directories, and to keep their listings.
-            return reply.error(Errno::ENOSYS);
-        }
         // The kernel keeps a listing until the watch invalidates the
-        // directory (see `invalidate`).
+        // directory (see `invalidate`). While a change of it is on its way
+        // to the kernel, an open reads the listing from here, and fills no
+        // kept one. (Answering ENOSYS would spare this request, but then
+        // every open would use the kept listing.)
+        let flags = if self.invalidations.telling(ino.0) {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
+        };
         match self.dir(ino) {
-            Ok(_) => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            ),
+            Ok(_) => reply.opened(FileHandle(0), flags),
             Err(e) => reply.error(e),
         }
     }

@@ -6,8 +6,18 @@
 //! Never from inside a FUSE handler, never while holding the view's lock.
 //! Contents stored ahead of reads (see `prefetch`) go through a second
 //! thread, which takes no directory lock, so a handler may wait for it.
+//!
+//! The kernel keeps a directory's listing once one was read to its end,
+//! and the pieces of one listing can come from different readers: a
+//! listing begun before a change can be ended by a reader after it, and
+//! kept, while the change's invalidation is on its way. So from the moment
+//! a change shows until the kernel was told of it, an open of the directory
+//! neither reads nor fills the kept listing (see [`Invalidations::telling`]);
+//! the invalidation then waits out every listing being read, and drops the
+//! kept one. Once a listing has shown a change, no listing opened after it
+//! misses the change.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -36,6 +46,9 @@ pub struct Handler {
 pub struct Invalidations {
     stale: mpsc::Sender<Stale>,
     stores: mpsc::Sender<(Files, Arc<Stored>)>,
+    /// Directories whose changed listings the kernel is still to be told
+    /// of, with the number of changes on their way.
+    telling: Arc<Mutex<HashMap<u64, usize>>>,
 }
 
 /// Files' inodes and the contents to store in them.
@@ -72,6 +85,13 @@ impl Invalidations {
         }
     }
 
+    /// Whether the kernel is still to be told of a change of directory
+    /// `dir`'s listing: its opens must not use the kept listing.
+    pub fn telling(&self, dir: u64) -> bool {
+        let telling = self.telling.lock().unwrap_or_else(PoisonError::into_inner);
+        telling.contains_key(&dir)
+    }
+
     /// The kernel's cached pages and attributes of `ino` are wrong (a write
     /// through the mount that was not committed left its data there).
     pub fn inode(&self, ino: u64) {
@@ -89,16 +109,31 @@ struct Stale {
     inodes: Vec<u64>,
 }
 
+/// A count of changes per directory (see [`Invalidations::telling`]).
+type Telling = Arc<Mutex<HashMap<u64, usize>>>;
+
 impl Handler {
     pub fn new(view: Arc<RwLock<View>>, notifier: Arc<OnceLock<Notifier>>, base: String) -> Self {
         let (stale, pending) = mpsc::channel::<Stale>();
         let kernel = notifier.clone();
+        let telling = Telling::default();
+        let told = telling.clone();
         std::thread::Builder::new()
             .name("shylock-invalidate".into())
             .spawn(move || {
                 for stale in pending {
+                    let dirs = stale.dirs();
                     if let Some(notifier) = kernel.get() {
                         stale.send(notifier);
+                    }
+                    let mut told = told.lock().unwrap_or_else(PoisonError::into_inner);
+                    for dir in dirs {
+                        if let Some(count) = told.get_mut(&dir) {
+                            *count -= 1;
+                            if *count == 0 {
+                                told.remove(&dir);
+                            }
+                        }
                     }
                 }
             })
@@ -121,7 +156,11 @@ impl Handler {
         Handler {
             view,
             base,
-            stale: Invalidations { stale, stores },
+            stale: Invalidations {
+                stale,
+                stores,
+                telling,
+            },
             filled: AtomicBool::new(false),
         }
     }
@@ -187,6 +226,21 @@ impl Handler {
                 TreeEvent::Connection(None) => tracing::info!("etcd connection up"),
                 _ => {}
             }
+            // Before the change shows: opens of these directories leave the
+            // kept listings alone until the kernel was told (see the top),
+            // and their mtimes move.
+            let dirs = stale.dirs();
+            if !dirs.is_empty() {
+                view.touch_dirs(&dirs);
+                let mut telling = self
+                    .stale
+                    .telling
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for dir in dirs {
+                    *telling.entry(dir).or_default() += 1;
+                }
+            }
         }
         if !stale.entries.is_empty() || !stale.inodes.is_empty() {
             let _ = self.stale.stale.send(stale);
@@ -245,19 +299,24 @@ impl Stale {
         }
     }
 
+    /// The directories whose listings changed: those an entry is told in.
+    fn dirs(&self) -> Vec<u64> {
+        let mut dirs: Vec<u64> = self.entries.iter().map(|(dir, _)| *dir).collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        dirs
+    }
+
     fn send(self, notifier: &Notifier) {
+        let dirs = self.dirs();
         for ino in self.inodes {
             if let Err(error) = notifier.inval_inode(INodeNo(ino), 0, 0) {
                 tracing::debug!(ino, %error, "inval_inode");
             }
         }
-        let mut dirs = Vec::new();
         for (parent, name) in self.entries {
             if let Err(error) = notifier.inval_entry(INodeNo(parent), &name) {
                 tracing::debug!(parent, ?name, %error, "inval_entry");
-            }
-            if !dirs.contains(&parent) {
-                dirs.push(parent);
             }
         }
         // The listings the kernel keeps of those directories go, after

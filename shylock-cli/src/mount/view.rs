@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::ops::Bound;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 
@@ -80,6 +80,9 @@ pub struct View {
     stored: HashSet<u64>,
     next_ino: u64,
     started: Option<SystemTime>,
+    /// When each directory's listing last changed, where it did since the
+    /// start: its mtime (see `touch_dirs`).
+    dir_times: HashMap<u64, SystemTime>,
     /// Moves with every change of a key or a local entry.
     generation: u64,
 }
@@ -231,6 +234,21 @@ impl View {
         self.stored.remove(&ino);
         if self.frozen.remove(&ino).is_some() {
             self.nodes.remove(&ino);
+        }
+    }
+
+    /// The listings of these directories changed: each gets a later mtime
+    /// than any it had. The kernel keeps a listing with the directory's
+    /// mtime when it began, and drops it at the next open that finds
+    /// another (so a listing begun before a change is never shown after
+    /// the change's invalidation).
+    pub fn touch_dirs(&mut self, dirs: &[u64]) {
+        let now = SystemTime::now();
+        let started = self.started.unwrap_or(now);
+        for dir in dirs {
+            let last = self.dir_times.get(dir).copied().unwrap_or(started);
+            let next = now.max(last + Duration::from_nanos(1));
+            self.dir_times.insert(*dir, next);
         }
     }
 
@@ -486,7 +504,10 @@ impl View {
     pub fn attr_of(&self, ino: u64, node: &Node, owner: Owner) -> FileAttr {
         let started = self.started.unwrap_or_else(SystemTime::now);
         let (kind, size, time) = match node {
-            Node::Dir(_) => (FileType::Directory, 0, started),
+            Node::Dir(_) => {
+                let changed = self.dir_times.get(&ino).copied();
+                (FileType::Directory, 0, changed.unwrap_or(started))
+            }
             Node::File(_) => {
                 let (size, time) = self.version(ino).map_or((0, SystemTime::now()), |v| {
                     (v.bytes.len() as u64, v.changed)
